@@ -1,0 +1,105 @@
+"""Model presets: `paper` is TransVG-R50 as the M2IST code builds it; `tiny` is the same structure at toy
+widths so that every test and the default suite run on a 2-core CPU."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    resnet_layers: tuple = (3, 4, 6, 3)  # ResNet-50
+    resnet_channels: tuple = (64, 128, 256, 512)  # bottleneck widths; C5 = 4 x last
+    stem_width: int = 64
+    d_model: int = 256
+    heads: int = 8
+    ffn: int = 2048
+    layers: int = 6
+    dropout: float = 0.1
+
+    @property
+    def c5_channels(self) -> int:
+        return 4 * self.resnet_channels[-1]
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate: int = 3072
+    vocab_size: int = 30522
+    max_positions: int = 512
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    d_model: int = 256
+    heads: int = 8
+    ffn: int = 2048
+    layers: int = 6
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "paper"
+    image_size: int = 640
+    max_query_len: int = 20
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    @property
+    def stride(self) -> int:
+        return 32  # C5 of a ResNet without dilation
+
+    @property
+    def visual_tokens(self) -> int:
+        return (self.image_size // self.stride) ** 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "paper": ModelConfig(),
+    "tiny": ModelConfig(
+        name="tiny",
+        image_size=160,  # 5 x 5 visual tokens
+        vision=VisionConfig(resnet_layers=(1, 1, 1, 1), resnet_channels=(8, 16, 32, 64), stem_width=8,
+                            d_model=32, heads=4, ffn=64, layers=2),
+        language=LanguageConfig(hidden=64, layers=4, heads=4, intermediate=128, max_positions=64),
+        fusion=FusionConfig(d_model=32, heads=4, ffn=64, layers=2),
+    ),
+}
+
+
+def get_config(preset: str, *, max_query_len: int | None = None, vocab_size: int | None = None,
+               image_size: int | None = None) -> ModelConfig:
+    """A preset with the dataset-dependent sizes filled in (query length, tokenizer vocabulary)."""
+    if preset not in PRESETS:
+        raise HarnessError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    if max_query_len is not None:
+        cfg = replace(cfg, max_query_len=max_query_len)
+    if vocab_size is not None:
+        cfg = replace(cfg, language=replace(cfg.language, vocab_size=vocab_size))
+    if image_size is not None:
+        if image_size % cfg.stride:
+            raise HarnessError(f"image size {image_size} is not a multiple of the backbone stride {cfg.stride}")
+        cfg = replace(cfg, image_size=image_size)
+    if cfg.max_query_len > cfg.language.max_positions:
+        raise HarnessError(f"max query length {cfg.max_query_len} exceeds the language model's "
+                           f"{cfg.language.max_positions} positions")
+    return cfg
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    return ModelConfig(
+        name=d["name"], image_size=d["image_size"], max_query_len=d["max_query_len"],
+        vision=VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["vision"].items()}),
+        language=LanguageConfig(**d["language"]), fusion=FusionConfig(**d["fusion"]),
+    )

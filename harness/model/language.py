@@ -1,0 +1,90 @@
+"""Language branch: transformers' BertModel (no pooler: TransVG never reads it) with the same seams as the
+DETR encoder layers: adapter slots on both sub-layer outputs and per-layer taps.
+
+The slots live in subclasses of BertSelfOutput / BertOutput that keep the parent's children (`dense`,
+`LayerNorm`, `dropout`), so HF and TransVG key names are unchanged and pretrained weights load as usual.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+from transformers.models.bert.modeling_bert import BertOutput, BertSelfOutput
+
+from harness.model.config import LanguageConfig
+from harness.model.vision import BranchOutput
+
+
+class _SlottedOutput(nn.Module):
+    """Shared forward of a BERT sub-layer output: H = dense(h); H' = adapter(H, X); LN(drop(H') + X)."""
+
+    adapter: nn.Module | None
+    tap_names: tuple  # (sub-layer output before the adapter, result after add & norm)
+
+    def forward(self, hidden_states, input_tensor):
+        h = self.dense(hidden_states)
+        adapted = h if self.adapter is None else self.adapter(h, input_tensor)
+        out = self.LayerNorm(self.dropout(adapted) + input_tensor)
+        if self.sink is not None:
+            raw, post = self.tap_names
+            if raw == "attn":
+                self.sink["x"] = input_tensor
+            self.sink[raw] = h
+            self.sink[post] = out
+        return out
+
+
+class SlottedSelfOutput(_SlottedOutput, BertSelfOutput):
+    tap_names = ("attn", "attn_out")
+
+    def __init__(self, config):
+        BertSelfOutput.__init__(self, config)
+        self.adapter = None
+        self.sink = None
+
+
+class SlottedOutput(_SlottedOutput, BertOutput):
+    tap_names = ("ffn", "out")
+
+    def __init__(self, config):
+        BertOutput.__init__(self, config)
+        self.adapter = None
+        self.sink = None
+
+
+def bert_config(cfg: LanguageConfig) -> BertConfig:
+    return BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+                      num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate,
+                      max_position_embeddings=cfg.max_positions, hidden_dropout_prob=cfg.dropout,
+                      attention_probs_dropout_prob=cfg.dropout)
+
+
+class LanguageBranch(nn.Module):
+    def __init__(self, cfg: LanguageConfig):
+        super().__init__()
+        config = bert_config(cfg)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        for layer in self.bert.encoder.layer:
+            layer.attention.output = SlottedSelfOutput(config)
+            layer.output = SlottedOutput(config)
+        self.bert.apply(self.bert._init_weights)  # the replaced outputs get BERT's init too
+
+    @property
+    def layers(self):
+        return self.bert.encoder.layer
+
+    def set_eager_attention(self, eager: bool):
+        self.bert.set_attn_implementation("eager" if eager else "sdpa")
+
+    def forward(self, word_ids, word_mask, record_taps: bool = False) -> BranchOutput:
+        taps = [dict() for _ in self.layers] if record_taps else None
+        for i, layer in enumerate(self.layers):
+            layer.attention.output.sink = layer.output.sink = taps[i] if taps else None
+        first = taps[0] if taps else {}
+        self.layers[0].attention.output.sink = first  # always catch the embedding output (layer 0's input)
+        try:
+            hidden = self.bert(input_ids=word_ids, attention_mask=word_mask).last_hidden_state
+        finally:
+            for layer in self.layers:
+                layer.attention.output.sink = layer.output.sink = None
+        return BranchOutput(hidden, ~word_mask.to(torch.bool), first["x"], taps)

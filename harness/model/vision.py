@@ -1,0 +1,49 @@
+"""Vision branch: ResNet (timm, FrozenBatchNorm2d) -> 1x1 input projection -> DETR encoder."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import freeze_batch_norm_2d
+from timm.models.resnet import Bottleneck, ResNet
+from torch import nn
+
+from harness.model.config import VisionConfig
+from harness.model.transformer import Encoder, PositionEmbeddingSine
+
+# DETR trains only layer2-4 of its backbone (backbone.py: names without layer2/3/4 are frozen), and
+# TransVG inherits that; these parameters stay frozen whatever a method asks for.
+NEVER_TRAINED_PREFIXES = ("backbone.conv1.", "backbone.bn1.", "backbone.layer1.")
+
+
+@dataclass
+class BranchOutput:
+    """Final encoder features (B, N, C), padding mask (B, N) True = pad, the branch input features
+    (what the first encoder layer received) and, when requested, the per-layer taps."""
+    features: torch.Tensor
+    mask: torch.Tensor
+    inputs: torch.Tensor
+    taps: list | None = None
+
+
+class VisionBranch(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        resnet = ResNet(Bottleneck, cfg.resnet_layers, channels=cfg.resnet_channels, stem_width=cfg.stem_width,
+                        num_classes=0, global_pool="")
+        # torchvision FrozenBatchNorm2d: buffers only, eps 1e-5, drops num_batches_tracked on load (as DETR).
+        self.backbone = freeze_batch_norm_2d(resnet)
+        self.input_proj = nn.Conv2d(cfg.c5_channels, cfg.d_model, kernel_size=1)
+        self.position = PositionEmbeddingSine(cfg.d_model // 2)
+        self.encoder = Encoder(cfg.layers, cfg.d_model, cfg.heads, cfg.ffn, cfg.dropout)
+
+    def forward(self, image, image_mask, record_taps: bool = False) -> BranchOutput:
+        feat = self.backbone.forward_features(image)
+        mask = F.interpolate(image_mask[None].float(), size=feat.shape[-2:])[0].to(torch.bool)
+        pos = self.position(mask).to(feat.dtype).flatten(2).transpose(1, 2)
+        src = self.input_proj(feat).flatten(2).transpose(1, 2)  # (B, N, d)
+        mask = mask.flatten(1)
+        taps = [] if record_taps else None
+        memory = self.encoder(src, pos, mask, taps)
+        return BranchOutput(memory, mask, src, taps)

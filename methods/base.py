@@ -1,0 +1,45 @@
+"""What a method is: a config dataclass (filled from its YAML), `apply(model)` that freezes, inserts or
+attaches modules on a built model, parameter groups with learning rates, and whether the frozen
+encoders need autograd (side methods say no, and the model then runs them under torch.no_grad())."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from harness.model import ENCODER_SIDE, component_of
+
+
+@dataclass
+class MethodConfig:
+    """Hyper-parameters shared by every method; subclasses add their own fields."""
+
+
+class Method:
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for `harness methods`
+    Config: ClassVar[type] = MethodConfig
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.Config()
+
+    @property
+    def encoders_need_grad(self) -> bool:
+        return True
+
+    def apply(self, model) -> None:
+        raise NotImplementedError
+
+    def param_groups(self, model, lr: float, lr_encoder: float) -> list[dict]:
+        """Encoder-side trainable parameters at `lr_encoder`, fusion and head at `lr` (the TransVG/M2IST recipe)."""
+        groups = {"encoder": [], "fusion_head": []}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups["encoder" if component_of(name) in ENCODER_SIDE else "fusion_head"].append(p)
+        rates = {"encoder": lr_encoder, "fusion_head": lr}
+        return [{"name": k, "params": v, "lr": rates[k]} for k, v in groups.items() if v]
+
+
+def freeze_encoders(model) -> None:
+    """Both encoders frozen; V-L fusion and box head trainable (the protocol every PETL method shares)."""
+    model.set_trainable(("vision", "language", "side"), False)
+    model.set_trainable(("fusion", "head"), True)
