@@ -31,6 +31,54 @@ def _cmd_methods(args):
     print(describe_methods(preset=args.preset))
 
 
+def _read_config_file(path) -> dict:
+    import yaml
+
+    if path is None:
+        return {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise HarnessError(f"config file {path} not found") from None
+    except yaml.YAMLError as err:
+        raise HarnessError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    unknown = sorted(set(data) - {"method", "recipe", "data"})
+    if not isinstance(data, dict) or unknown:
+        raise HarnessError(f"config file {path}: top-level keys must be method, recipe, data (got {unknown})")
+    return data
+
+
+def _cmd_run(args):
+    from harness.train import RunConfig, run
+
+    config = _read_config_file(args.config)
+    data = config.get("data") or {}
+    recipe = dict(config.get("recipe") or {})
+    recipe.update({k: v for k, v in {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
+                                     "seed": args.seed, "num_workers": args.num_workers}.items() if v is not None})
+    if args.amp:
+        recipe["amp"] = True
+    cfg = RunConfig(method=args.method, dataset=args.dataset, preset=args.preset, data_root=args.data_root,
+                    split_root=data.get("split_root"), image_root=data.get("image_root"),
+                    image_dirs=data.get("image_dirs"), tokenizer=args.tokenizer, vision_weights=args.vision_weights,
+                    language_weights=args.language_weights, method_overrides=config.get("method") or {},
+                    recipe_overrides=recipe, device=args.device, output=args.output, work_dir=args.work_dir,
+                    tag=args.tag, resume=args.resume)
+    record = run(cfg)
+    for split, res in record["results"].items():
+        print(f"{record['dataset']} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
+
+
+def _cmd_eval(args):
+    from harness.train import evaluate_checkpoint
+
+    results = evaluate_checkpoint(args.checkpoint, args.dataset, data_root=args.data_root, device=args.device,
+                                  batch_size=args.batch_size)
+    for split, res in results.items():
+        print(f"{args.dataset} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +96,36 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
     check.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
     check.set_defaults(func=_cmd_data_check)
+
+    run = sub.add_parser("run", help="train one method on one dataset, evaluate every split, write a run record")
+    run.add_argument("--method", required=True)
+    run.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd, referit")
+    run.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    run.add_argument("--data-root", default=None, help="folder with data/ and ln_data/ (default: synthetic data)")
+    run.add_argument("--epochs", type=int, default=None)
+    run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    run.add_argument("--batch-size", type=int, default=None)
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--num-workers", type=int, default=None)
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--amp", action="store_true", help="bf16 autocast (the paper trains in fp32)")
+    run.add_argument("--vision-weights", default=None, help="DETR/TransVG detr-r50-*.pth (DETR key layout)")
+    run.add_argument("--language-weights", default=None, help="BERT: HF id in the local cache, or a folder")
+    run.add_argument("--tokenizer", default=None, help="HF id, folder or vocab.txt (default: the BERT's)")
+    run.add_argument("--config", default=None, help="YAML with method:, recipe: and data: overrides")
+    run.add_argument("--output", default="results/runs", help="folder for the run record")
+    run.add_argument("--work-dir", default="runs", help="folder for checkpoints")
+    run.add_argument("--tag", default=None, help="suffix for the run id (keeps variants apart)")
+    run.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    run.set_defaults(func=_cmd_run)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint written by `harness run` on a dataset's splits")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--data-root", default=None, help="default: the synthetic data")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=_cmd_eval)
 
     methods = sub.add_parser("methods", help="list the registered methods and their tunable parameters")
     methods.add_argument("--preset", default="paper", choices=["paper", "tiny"])

@@ -67,8 +67,11 @@ def _state_dict_of(ckpt, path) -> dict:
 
 
 def load_vision_weights(model, path) -> LoadReport:
-    sd = _state_dict_of(read_checkpoint(path), path)
-    report = LoadReport("vision", str(path))
+    return load_vision_state(model, _state_dict_of(read_checkpoint(path), path), str(path))
+
+
+def load_vision_state(model, sd: dict, source: str = "state dict") -> LoadReport:
+    report = LoadReport("vision", source)
     target = {k: v for k, v in model.state_dict().items() if k.startswith("visumodel.")}
     mapped = {}
     for key, value in sd.items():

@@ -1,0 +1,105 @@
+"""Synthetic scenes: coloured shapes on a lightly textured background, sampled and drawn with PIL."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "diamond", "star")
+PERSON_SHAPE = "circle"  # plays RefCOCO's "people" category: testA targets are circles, testB the rest
+COLOURS = {
+    "red": (214, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 85, 215),
+    "yellow": (240, 200, 30),
+    "purple": (140, 60, 185),
+}
+# Side lengths far apart so "small"/"big" stay obvious after letterboxing to ~160 px (x2/3 for 240 px canvases).
+SIDES = {"small": (24, 30), "big": (44, 54)}
+CANVASES = ((240, 180), (180, 240), (224, 168), (168, 224), (240, 160), (160, 240), (208, 176), (176, 208))
+MARGIN = 4  # keeps outlines off the image border
+GAP = 6  # minimum empty space between two objects' boxes
+
+
+@dataclass(frozen=True)
+class Obj:
+    box: tuple[int, int, int, int]  # xyxy pixels; the shape spans it exactly
+    shape: str
+    colour: str
+    size: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    width: int
+    height: int
+    objects: tuple[Obj, ...]
+
+
+def sample_scene(rng: random.Random, focus_shapes=SHAPES) -> Scene | None:
+    """3-6 objects: one of `focus_shapes`, a same-shape other-colour distractor, often an exact duplicate that
+    only position tells apart, the rest random; positions uniform. None when the objects do not fit."""
+    width, height = rng.choice(CANVASES)
+    count = rng.randint(3, 6)
+    shape, colour = rng.choice(focus_shapes), rng.choice(list(COLOURS))
+    attrs = [(shape, colour, rng.choice(list(SIDES))),
+             (shape, rng.choice([c for c in COLOURS if c != colour]), rng.choice(list(SIDES)))]
+    if rng.random() < 0.5:
+        attrs.append(attrs[0])
+    while len(attrs) < count:
+        attrs.append((rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(SIDES))))
+    rng.shuffle(attrs)
+    objects: list[Obj] = []
+    for shape, colour, size in attrs:
+        side = rng.randint(*SIDES[size])
+        for _ in range(100):
+            x, y = rng.randint(MARGIN, width - MARGIN - side), rng.randint(MARGIN, height - MARGIN - side)
+            box = (x, y, x + side, y + side)
+            if all(_apart(box, other.box) for other in objects):
+                objects.append(Obj(box, shape, colour, size))
+                break
+        else:
+            return None
+    return Scene(width, height, tuple(objects))
+
+
+def _apart(a, b) -> bool:
+    return a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
+
+
+def render(scene: Scene, rng: np.random.Generator) -> Image.Image:
+    base = rng.integers(200, 236, size=3)
+    # Low-frequency blotches plus fine grain: texture that is clearly background, never shape-like.
+    coarse = Image.fromarray(rng.integers(0, 256, size=(scene.height // 24 + 2, scene.width // 24 + 2),
+                                          dtype=np.uint8))
+    blotches = np.asarray(coarse.resize((scene.width, scene.height), Image.BILINEAR), dtype=np.float32)
+    grain = rng.normal(0.0, 4.0, size=(scene.height, scene.width, 1))
+    pixels = base + (blotches[..., None] - 128.0) * 0.12 + grain
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        x1, y1, x2, y2 = obj.box
+        fill, outline = COLOURS[obj.colour], (40, 40, 40)
+        if obj.shape == "circle":
+            draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=fill, outline=outline, width=2)
+        elif obj.shape == "square":
+            draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=fill, outline=outline, width=2)
+        else:
+            draw.polygon(_polygon(obj.shape, x1, y1, x2 - 1, y2 - 1), fill=fill, outline=outline, width=2)
+    return image
+
+
+def _polygon(shape, x1, y1, x2, y2):
+    if shape == "triangle":
+        unit = [(0.5, 0.0), (1.0, 1.0), (0.0, 1.0)]
+    elif shape == "diamond":
+        unit = [(0.5, 0.0), (1.0, 0.5), (0.5, 1.0), (0.0, 0.5)]
+    else:  # star: ten vertices, then stretched so that it spans its box like the other shapes
+        raw = [(r * math.cos(math.radians(-90 + 36 * k)), r * math.sin(math.radians(-90 + 36 * k)))
+               for k, r in zip(range(10), [1.0, 0.45] * 5)]
+        xs, ys = [p[0] for p in raw], [p[1] for p in raw]
+        unit = [((x - min(xs)) / (max(xs) - min(xs)), (y - min(ys)) / (max(ys) - min(ys))) for x, y in raw]
+    return [(x1 + u * (x2 - x1), y1 + v * (y2 - y1)) for u, v in unit]

@@ -1,0 +1,34 @@
+"""Acc@0.5 and mean IoU, exactly as TransVG scores (utils/eval_utils.py): predicted cxcywh -> xyxy,
+clamped to [0, 1], IoU with the ground truth in the normalised padded frame, correct iff IoU >= 0.5
+(`strict=True` gives the one-stage papers' IoU > 0.5)."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from harness.boxes import cxcywh_to_xyxy, paired_iou
+
+
+def score_boxes(pred_cxcywh: torch.Tensor, gt_cxcywh: torch.Tensor, strict: bool = False):
+    """Per-sample (correct, iou)."""
+    pred = cxcywh_to_xyxy(pred_cxcywh).clamp(0, 1)
+    iou = paired_iou(pred, cxcywh_to_xyxy(gt_cxcywh))
+    correct = iou > 0.5 if strict else iou >= 0.5
+    return correct, iou
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp: bool = False, strict: bool = False) -> dict:
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, iou sum, count
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            pred = model(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"])
+        correct, iou = score_boxes(pred.float(), batch["box"], strict)
+        totals += torch.stack([correct.sum().double(), iou.sum().double(), torch.tensor(len(iou), device=device,
+                                                                                      dtype=torch.float64)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    correct, iou_sum, n = totals.tolist()
+    return {"accuracy": correct / max(n, 1), "miou": iou_sum / max(n, 1), "n": int(n)}

@@ -1,0 +1,124 @@
+"""Run records: one JSON per run, written atomically, validated on read. Tables are built only from these.
+
+A record says what ran (method, dataset, data kind, preset, recipe, weights), on what (commit, dirty
+flag, package versions, device), and what came out (parameter counts, FLOPs, memory, time, accuracy
+and mean IoU per split, status, error)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+SCHEMA_VERSION = 1
+# field -> type(s) every record must have; `results` maps split -> {accuracy, miou, n}
+REQUIRED = {
+    "schema": int, "kind": str, "run_id": str, "method": str, "method_config": dict, "dataset": str,
+    "dataset_label": str, "data": str, "preset": str, "recipe": dict, "weights": dict, "env": dict,
+    "params": dict, "flops": dict, "memory": dict, "time": dict, "results": dict, "status": str,
+    "error": (str, type(None)), "created_at": str, "config_hash": str,
+}
+STATUSES = ("ok", "failed", "interrupted")
+PACKAGES = ("torch", "torchvision", "timm", "transformers", "peft", "fvcore", "numpy")
+
+
+def config_hash(config: dict) -> str:
+    """Stable hash of what defines a run, so a resumed or skipped run can prove it is the same run."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def git_state(cwd=None) -> dict:
+    cwd = cwd or Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def environment(device=None) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    dev = str(device) if device is not None else "cpu"
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(dev))
+    else:
+        name = platform.processor() or platform.machine()
+        name = f"CPU ({name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return {"git": git_state(), "packages": versions, "python": platform.python_version(),
+            "device": dev, "device_name": name, "cuda": torch.version.cuda}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path, data: dict) -> Path:
+    """Write to a temp file in the same folder, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def validate_record(record, source="record") -> dict:
+    if not isinstance(record, dict):
+        raise HarnessError(f"{source}: not a JSON object")
+    for key, types in REQUIRED.items():
+        if key not in record:
+            raise HarnessError(f"{source}: missing field '{key}' (regenerate it with `harness run`)")
+        if not isinstance(record[key], types):
+            raise HarnessError(f"{source}: field '{key}' has type {type(record[key]).__name__}")
+    if record["schema"] != SCHEMA_VERSION:
+        raise HarnessError(f"{source}: schema {record['schema']}, this code reads {SCHEMA_VERSION}")
+    if record["status"] not in STATUSES:
+        raise HarnessError(f"{source}: status '{record['status']}' is not one of {STATUSES}")
+    for split, res in record["results"].items():
+        if not isinstance(res, dict) or not {"accuracy", "miou", "n"} <= set(res):
+            raise HarnessError(f"{source}: results['{split}'] needs accuracy, miou and n")
+    return record
+
+
+def read_record(path) -> dict:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"record {path} not found") from None
+    except json.JSONDecodeError as err:
+        raise HarnessError(f"record {path} is not valid JSON ({err.msg} at line {err.lineno}): "
+                           "delete it and rerun its run") from None
+    return validate_record(record, str(path))
+
+
+def load_records(folder) -> list[dict]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HarnessError(f"no run records in {folder}: run `harness run ...` or ./run_all.sh first")
+    return [read_record(p) for p in sorted(folder.glob("*.json"))]

@@ -1,0 +1,388 @@
+"""Training: one run = one method on one dataset, ending in one run record.
+
+Data flows one way: datasets -> this loop -> method/model -> evaluate -> record. The loop is TransVG's:
+AdamW with the method's parameter groups, StepLR, L1 + GIoU, optional bf16 autocast and gradient
+clipping, a checkpoint per epoch, the best checkpoint chosen on val. Every epoch reseeds all RNGs from
+(seed, epoch), so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
+Multi-GPU: launch with torchrun (see README); ranks share the sampler and all-reduce the metrics.
+"""
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from datasets.catalog import get_spec, resolve_paths
+from datasets.rec import RECDataset, collate
+from datasets.synth import ensure_synthetic
+from datasets.tokenize import build_tokenizer
+from harness import records
+from harness.errors import HarnessError
+from harness.evaluate import evaluate
+from harness.losses import rec_loss
+from harness.model import build_model, count_parameters
+from harness.model.weights import load_language_weights, load_vision_weights
+from harness.recipe import Recipe, build_recipe
+from methods import apply_method, build_method, method_defaults
+
+DEFAULT_CACHE = Path(os.environ.get("REC_BENCH_CACHE", Path.home() / ".cache" / "rec-petl-bench"))
+SYNTH_SEED = 13
+WARMUP_STEPS = 5  # excluded from the step-time median and the memory peak
+
+
+@dataclass
+class RunConfig:
+    method: str
+    dataset: str
+    preset: str = "tiny"
+    data_root: str | None = None  # None: the synthetic set, generated once into the cache
+    split_root: str | None = None
+    image_root: str | None = None
+    image_dirs: dict | None = None
+    tokenizer: str | None = None  # default: the language weights' folder, else bert-base-uncased
+    vision_weights: str | None = None
+    language_weights: str | None = None
+    method_overrides: dict = field(default_factory=dict)
+    recipe_overrides: dict = field(default_factory=dict)
+    device: str = "auto"
+    output: str = "results/runs"
+    work_dir: str = "runs"
+    tag: str | None = None
+    resume: bool = False
+    cache_dir: str | None = None
+    synthetic_images: int | None = None  # size of the synthetic set (None: the generator's default)
+
+    @property
+    def run_id(self) -> str:
+        return "_".join(p for p in (self.dataset.replace("+", "plus"), self.method, self.preset, self.tag) if p)
+
+
+# ---- setup -------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def init_distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise HarnessError("--device cuda asked for, but torch sees no GPU: use --device cpu or auto")
+        if dist.is_initialized():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    elif name != "cpu":
+        raise HarnessError(f"unknown device '{name}': use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def resolve_data(cfg: RunConfig, rank: int):
+    """(paths, tokenizer source, data kind, data description) for the run."""
+    if cfg.data_root is None:
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE
+        if rank == 0:
+            ensure_synthetic(cache, seed=SYNTH_SEED, images=cfg.synthetic_images)
+        barrier()
+        root = ensure_synthetic(cache, seed=SYNTH_SEED, images=cfg.synthetic_images)
+        return resolve_paths(root), str(root / "vocab.txt"), "synthetic", {"seed": SYNTH_SEED, "images": root.name}
+    paths = resolve_paths(cfg.data_root, cfg.split_root, cfg.image_root, cfg.image_dirs)
+    tokenizer = cfg.tokenizer or cfg.language_weights or "bert-base-uncased"
+    return paths, tokenizer, "real", {"root": str(cfg.data_root)}
+
+
+def build_loader(dataset, batch_size: int, train: bool, recipe: Recipe, rank: int, world: int, epoch_gen=None):
+    if world > 1:
+        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=recipe.seed) if train
+                   else list(range(rank, len(dataset), world)))  # eval: shard without padding duplicates
+    else:
+        sampler = RandomSampler(dataset, generator=epoch_gen) if train else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                      num_workers=recipe.num_workers, drop_last=False,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+# ---- the run ------------------------------------------------------------------------------------
+def run(cfg: RunConfig) -> dict:
+    rank, world = init_distributed()
+    device = resolve_device(cfg.device)
+    spec = get_spec(cfg.dataset)
+    method = build_method(cfg.method, cfg.method_overrides)
+    recipe = build_recipe(cfg.preset, cfg.dataset, method_defaults(cfg.method)["recipe"], cfg.recipe_overrides)
+    if recipe.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise HarnessError("--amp uses bf16 autocast, which this GPU does not support: drop --amp")
+    paths, tok_source, data_kind, data_desc = resolve_data(cfg, rank)
+    tokenizer = build_tokenizer(tok_source)
+
+    identity = {
+        "method": cfg.method, "method_config": asdict(method.config), "dataset": cfg.dataset, "preset": cfg.preset,
+        "recipe": asdict(recipe), "data": data_kind, "data_desc": data_desc,
+        "tokenizer": tok_source if data_kind == "real" else "synthetic vocab.txt", "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights}, "world_size": world,
+    }
+    chash = records.config_hash(identity)
+    run_dir = Path(cfg.work_dir) / cfg.run_id
+
+    seed_everything(recipe.seed)
+    model = build_model(cfg.preset, max_query_len=spec.max_query_len, vocab_size=len(tokenizer))
+    load_reports = []
+    if cfg.vision_weights:
+        load_reports.append(load_vision_weights(model, cfg.vision_weights))
+    if cfg.language_weights:
+        load_reports.append(load_language_weights(model, cfg.language_weights))
+    if rank == 0:
+        for report in load_reports:
+            print(report.summary())
+    apply_method(method, model)
+    params = count_parameters(model)
+    model.to(device)
+
+    train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, model.config.image_size, train=True,
+                           augment=recipe.augment, max_query_len=spec.max_query_len)
+    eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, model.config.image_size, train=False,
+                               max_query_len=spec.max_query_len) for s in spec.eval_splits}
+    if len(train_set) == 0:
+        raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} is empty")
+
+    groups = method.param_groups(model, recipe.lr * recipe.lr_scale, recipe.lr_encoder * recipe.lr_scale)
+    optimizer = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, recipe.lr_drop, gamma=0.1)
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    state = {"epoch": 0, "step": 0, "best": {"accuracy": -1.0, "epoch": None}, "history": [], "step_times": [],
+             "epoch_times": [], "train_seconds": 0.0}
+    last = run_dir / "last.pth"
+    if not (cfg.resume and last.exists()):
+        for stale in (last, run_dir / "best.pth"):  # a fresh run must never pick up an older run's files
+            stale.unlink(missing_ok=True)
+    else:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        if ckpt["config_hash"] != chash:
+            raise HarnessError(f"{last} belongs to a run with another configuration: delete {run_dir} "
+                               "or run without --resume")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        if rank == 0:
+            print(f"resuming {cfg.run_id} after epoch {state['epoch']} (step {state['step']})")
+
+    meta = {"method": cfg.method, "method_config": asdict(method.config), "model_config": model.config.to_dict(),
+            "preset": cfg.preset, "dataset": cfg.dataset, "tokenizer": tok_source, "data": data_kind,
+            "data_desc": data_desc}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    status, error = "ok", None
+    try:
+        _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, scheduler, recipe, state, device,
+                    rank, world, run_dir, chash, meta)
+    except torch.OutOfMemoryError:
+        raise HarnessError(f"out of GPU memory at batch size {recipe.batch_size}: lower --batch-size, "
+                           "use --amp, or use fewer GPUs' worth of batch per device") from None
+
+    best = run_dir / "best.pth"
+    if best.exists():
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
+    results = {}
+    for split, dataset in eval_sets.items():
+        loader = build_loader(dataset, recipe.batch_size, False, recipe, rank, world)
+        results[split] = evaluate(model, loader, device, recipe.amp)
+
+    record = {
+        "schema": records.SCHEMA_VERSION, "kind": "run", "run_id": cfg.run_id, "method": cfg.method,
+        "method_config": asdict(method.config), "dataset": cfg.dataset,
+        "dataset_label": spec.label if data_kind == "real" else f"synthetic ({spec.label}-style)",
+        "data": data_kind, "data_desc": data_desc, "preset": cfg.preset, "model_config": model.config.to_dict(),
+        "recipe": asdict(recipe), "config_hash": chash,
+        "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights,
+                    "pretrained": bool(cfg.vision_weights or cfg.language_weights),
+                    "loaded": [r.summary() for r in load_reports]},
+        "env": records.environment(device), "world_size": world, "params": params,
+        "flops": {}, "memory": _memory_figures(device, state), "time": _time_figures(state, recipe, len(train_set)),
+        "results": results, "train": {k: state[k] for k in ("epoch", "step", "best", "history")},
+        "status": status, "error": error, "created_at": records.now(),
+    }
+    if rank == 0:
+        path = records.write_json_atomic(Path(cfg.output) / f"{cfg.run_id}.json", record)
+        print(f"record written to {path}")
+    return record
+
+
+def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, scheduler, recipe, state, device,
+                rank, world, run_dir, chash, meta):
+    val_split = next(iter(eval_sets))
+    is_cuda = device.type == "cuda"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    while state["epoch"] < recipe.epochs and not _done(state, recipe):
+        epoch = state["epoch"]
+        seed_everything(epoch_seed(recipe.seed, epoch))
+        gen = torch.Generator().manual_seed(epoch_seed(recipe.seed, epoch))
+        loader = build_loader(train_set, recipe.batch_size, True, recipe, rank, world, gen)
+        if world > 1:
+            loader.sampler.set_epoch(epoch)
+        train_model.train()
+        losses, t_epoch = [], time.perf_counter()
+        bar = tqdm(loader, desc=f"{cfg.run_id} epoch {epoch + 1}/{recipe.epochs}", disable=rank != 0,
+                   leave=False, dynamic_ncols=True)
+        for batch in bar:
+            t0 = time.perf_counter()
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.amp):
+                pred = train_model(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"])
+            loss = rec_loss(pred.float(), batch["box"])
+            optimizer.zero_grad(set_to_none=True)
+            loss["loss"].backward()
+            if recipe.clip_max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, recipe.clip_max_norm)
+            optimizer.step()
+            value = loss["loss"].item()  # also synchronises the device before the clock is read
+            dt = time.perf_counter() - t0
+            state["step"] += 1
+            if state["step"] > WARMUP_STEPS:
+                state["step_times"].append(dt)
+            elif state["step"] == WARMUP_STEPS and is_cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            losses.append(value)
+            bar.set_postfix(loss=f"{value:.3f}", samples_s=f"{len(pred) * world / dt:.1f}")
+            if _done(state, recipe):
+                break
+        bar.close()
+        state["epoch_times"].append(time.perf_counter() - t_epoch)
+        if is_cuda:
+            state["peak_allocated"] = max(state.get("peak_allocated", 0), torch.cuda.max_memory_allocated(device))
+            state["peak_reserved"] = max(state.get("peak_reserved", 0), torch.cuda.max_memory_reserved(device))
+        scheduler.step()
+        state["epoch"] += 1
+        entry = {"epoch": state["epoch"], "loss": statistics.fmean(losses), "lr": scheduler.get_last_lr()}
+        last_epoch = state["epoch"] >= recipe.epochs or _done(state, recipe)
+        if state["epoch"] % recipe.eval_every == 0 or last_epoch:
+            val = evaluate(model, build_loader(eval_sets[val_split], recipe.batch_size, False, recipe, rank, world),
+                           device, recipe.amp)
+            entry["val_accuracy"] = val["accuracy"]
+            if val["accuracy"] > state["best"]["accuracy"] and rank == 0:
+                state["best"] = {"accuracy": val["accuracy"], "epoch": state["epoch"]}
+                save_atomic({"model": model.state_dict(), "meta": meta, "config_hash": chash}, run_dir / "best.pth")
+        state["history"].append(entry)
+        if rank == 0:
+            print(f"{cfg.run_id} epoch {state['epoch']}/{recipe.epochs}: loss {entry['loss']:.4f}"
+                  + (f", val Acc@0.5 {entry['val_accuracy']:.4f}" if "val_accuracy" in entry else ""), flush=True)
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "state": state, "meta": meta, "config_hash": chash},
+                        run_dir / "last.pth")
+        barrier()
+
+
+def _done(state, recipe) -> bool:
+    return recipe.max_steps is not None and state["step"] >= recipe.max_steps
+
+
+def _memory_figures(device, state) -> dict:
+    if device.type == "cuda":
+        return {"device": "cuda", "peak_allocated_bytes": state.get("peak_allocated"),
+                "peak_reserved_bytes": state.get("peak_reserved"),
+                "what": f"torch.cuda.max_memory_allocated/reserved over training steps after {WARMUP_STEPS} warm-up steps"}
+    import resource
+
+    return {"device": "cpu", "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "what": "CPU run: process peak resident memory (model, data pipeline, activations), "
+                    "not comparable to GPU allocator peaks; see `harness profile` for training-memory figures"}
+
+
+def _time_figures(state, recipe: Recipe, train_size: int) -> dict:
+    times = state["step_times"]
+    median = statistics.median(times) if times else None
+    full_epochs = [t for t in state["epoch_times"]] if recipe.max_steps is None else []
+    return {
+        "median_step_s": median, "timed_steps": len(times), "warmup_steps": WARMUP_STEPS,
+        "samples_per_s": recipe.batch_size / median if median else None,
+        "epoch_s": statistics.median(full_epochs) if full_epochs else None,
+        "epoch_s_how": "measured (median over epochs, data loading included)" if full_epochs else None,
+        "train_seconds": sum(state["epoch_times"]), "train_size": train_size,
+    }
+
+
+def load_checkpoint_for_eval(path):
+    """(model, meta) from a checkpoint this project wrote (last.pth or best.pth)."""
+    from harness.model.config import config_from_dict
+    from harness.model.transvg import TransVG
+    from harness.model.weights import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
+        raise HarnessError(f"{path} is not a checkpoint written by `harness run` (no 'meta'/'model' entries)")
+    meta = ckpt["meta"]
+    model = TransVG(config_from_dict(meta["model_config"]))
+    apply_method(build_method(meta["method"], meta["method_config"]), model)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise HarnessError(f"{path} does not match its own model description: {len(missing)} missing, "
+                           f"{len(unexpected)} unexpected keys")
+    return model, meta
+
+
+def evaluate_checkpoint(path, dataset: str, data_root=None, split_root=None, image_root=None, device="auto",
+                        batch_size: int = 64, splits=None, cache_dir=None) -> dict:
+    model, meta = load_checkpoint_for_eval(path)
+    device = resolve_device(device)
+    spec = get_spec(dataset)
+    cfg = RunConfig(method=meta["method"], dataset=dataset, data_root=data_root, split_root=split_root,
+                    image_root=image_root, tokenizer=meta["tokenizer"] if data_root else None, cache_dir=cache_dir)
+    paths, tok_source, _, _ = resolve_data(cfg, 0)
+    tokenizer = build_tokenizer(tok_source)
+    if len(tokenizer) != model.config.language.vocab_size:
+        raise HarnessError(f"the tokenizer {tok_source} has {len(tokenizer)} entries but the checkpoint's model "
+                           f"was trained with {model.config.language.vocab_size}: pass the same tokenizer")
+    model.to(device)
+    recipe = Recipe(num_workers=0)
+    out = {}
+    for split in splits or spec.eval_splits:
+        ds = RECDataset(paths, dataset, split, tokenizer, model.config.image_size, train=False,
+                        max_query_len=model.config.max_query_len)
+        out[split] = evaluate(model, build_loader(ds, batch_size, False, recipe, 0, 1), device)
+    return out
+

@@ -1,0 +1,149 @@
+"""The shared TransVG model: presets, parameter counts per component, seams."""
+import pytest
+import torch
+from helpers import random_batch, tiny_model
+
+from harness.errors import HarnessError
+from harness.losses import rec_loss
+from harness.model import build_model, count_parameters, get_config
+
+# Analytic sizes at the paper preset (shared/reference/checkpoints.md, m2ist.md 1.3).
+RESNET50_NO_FC = 25_557_032 - (2048 * 1000 + 1000)
+# FrozenBatchNorm2d keeps its affine weight and bias as buffers (as DETR), so they are not parameters.
+RESNET50_BN_AFFINE = 2 * (64 + sum(n * (w + w + 4 * w) for n, w in ((3, 64), (4, 128), (6, 256), (3, 512)))
+                          + sum(4 * w for w in (64, 128, 256, 512)))
+
+
+def detr_layer(d=256, ffn=2048):
+    return (3 * d * d + 3 * d) + (d * d + d) + (d * ffn + ffn) + (ffn * d + d) + 4 * d
+
+
+def bert_base_no_pooler(vocab=30522, h=768, layers=12, inter=3072, positions=512):
+    emb = (vocab + positions + 2) * h + 2 * h
+    layer = 4 * (h * h + h) + 2 * h + (h * inter + inter) + (inter * h + h) + 2 * h
+    return emb + layers * layer
+
+
+def test_paper_preset_counts_per_component():
+    with torch.device("meta"):
+        model = build_model("paper")
+    c = count_parameters(model)["by_component"]
+    assert RESNET50_BN_AFFINE == 53_120
+    assert c["vision"]["total"] == RESNET50_NO_FC - RESNET50_BN_AFFINE + (2048 * 256 + 256) + 6 * detr_layer()
+    assert c["language"]["total"] == bert_base_no_pooler() == 108_891_648
+    tokens = 1 + 20 + 400
+    assert c["fusion"]["total"] == 6 * detr_layer() + (256 * 256 + 256) + (768 * 256 + 256) + 256 + tokens * 256
+    assert c["head"]["total"] == 2 * (256 * 256 + 256) + 256 * 4 + 4
+    # TransVG-R50 is 149,745,860 with BERT's unused pooler (768*768+768); ours leaves the pooler out.
+    assert sum(v["total"] for v in c.values()) == 149_745_860 - (768 * 768 + 768)
+    assert c["fusion"]["total"] + c["head"]["total"] == 8_393_732  # M2IST's always-trained part (L = 20)
+
+
+def test_refcocog_query_length_grows_position_table():
+    with torch.device("meta"):
+        model = build_model("paper", max_query_len=40)
+    assert model.vl_pos_embed.weight.shape == (1 + 40 + 400, 256)
+
+
+@pytest.mark.parametrize("preset,size", [("tiny", None), ("paper", 64)])
+def test_presets_forward_backward(preset, size):
+    torch.manual_seed(0)
+    model = build_model(preset, vocab_size=64, image_size=size)
+    model.set_trainable(("vision", "language", "fusion", "head"), True)
+    image, image_mask, word_ids, word_mask, box = random_batch(model, 2)
+    pred = model(image, image_mask, word_ids, word_mask)
+    assert pred.shape == (2, 4) and bool(((pred > 0) & (pred < 1)).all())
+    rec_loss(pred, box)["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads["visumodel.backbone.layer4.0.conv1.weight"] is not None
+    assert grads["textmodel.bert.encoder.layer.0.attention.self.query.weight"] is not None
+    # DETR/TransVG never train the stem and layer1, whatever is asked.
+    assert not model.visumodel.backbone.conv1.weight.requires_grad
+    assert all(not p.requires_grad for p in model.visumodel.backbone.layer1.parameters())
+
+
+def test_frozen_batchnorm_has_no_running_stat_updates():
+    model = tiny_model()
+    bn = model.visumodel.backbone.bn1
+    assert type(bn).__name__ == "FrozenBatchNorm2d" and not list(bn.parameters())
+    before = bn.running_mean.clone()
+    model.train()
+    model(*random_batch(model)[:4])
+    assert torch.equal(before, bn.running_mean)
+
+
+def test_taps_and_side_path():
+    model = tiny_model().eval()
+    batch = random_batch(model)[:4]
+    seen = {}
+
+    class Side(torch.nn.Module):
+        def forward(self, vis, txt):
+            seen["vis"], seen["txt"] = vis, txt
+            return torch.ones_like(vis.features), None
+
+    base = model(*batch)
+    model.side = Side()
+    shifted = model(*batch)
+    vis, txt = seen["vis"], seen["txt"]
+    assert len(vis.taps) == model.config.vision.layers and len(txt.taps) == model.config.language.layers
+    for taps in (vis.taps, txt.taps):
+        assert set(taps[0]) == {"x", "attn", "attn_out", "ffn", "out"}
+        for prev, nxt in zip(taps, taps[1:]):
+            assert torch.equal(prev["out"], nxt["x"])  # one layer's output is the next one's input
+    assert torch.equal(vis.taps[-1]["out"], vis.features) and torch.equal(txt.taps[-1]["out"], txt.features)
+    assert torch.equal(vis.taps[0]["x"], vis.inputs) and torch.equal(txt.taps[0]["x"], txt.inputs)
+    # BERT's embedding output is layer 0's input.
+    emb = model.textmodel.bert.embeddings(input_ids=batch[2])
+    assert torch.allclose(txt.inputs, emb)
+    # The side delta is added to the vision features before projection: the output changes.
+    assert not torch.allclose(base, shifted)
+
+
+def test_adapter_slots_see_sublayer_output_and_input():
+    model = tiny_model().eval()
+    batch = random_batch(model)[:4]
+    base = model(*batch)
+    calls = []
+
+    class Record(torch.nn.Module):
+        def forward(self, h, x):
+            calls.append((h.shape, x.shape))
+            return h
+
+    for branch in ("vision", "language"):
+        layer = model.encoder_layers(branch)[0]
+        if branch == "vision":
+            layer.attn_adapter, layer.ffn_adapter = Record(), Record()
+        else:
+            layer.attention.output.adapter, layer.output.adapter = Record(), Record()
+    assert torch.allclose(model(*batch), base)  # identity slots change nothing
+    assert len(calls) == 4 and all(h == x for h, x in calls)
+
+
+def test_no_autograd_switch_keeps_no_encoder_graph_and_chunks_agree():
+    model = tiny_model()
+    model.set_trainable(("vision", "language"), False)
+    batch = random_batch(model, 3)[:4]
+    model.eval()
+    model.encoders_need_grad = False
+    vis, txt = model.encode(*batch)
+    assert vis.features.grad_fn is None and txt.features.grad_fn is None
+    whole = model(*batch)
+    model.frozen_chunk_size = 2
+    assert torch.allclose(model(*batch), whole, atol=1e-6)
+
+
+def test_eager_attention_is_numerically_the_same():
+    model = tiny_model().eval()
+    batch = random_batch(model)[:4]
+    fused = model(*batch)
+    model.set_eager_attention(True)
+    assert torch.allclose(model(*batch), fused, atol=1e-5)
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(HarnessError, match="unknown preset"):
+        get_config("huge")
+    with pytest.raises(HarnessError, match="multiple of the backbone stride"):
+        get_config("tiny", image_size=100)
