@@ -64,7 +64,7 @@ def _cmd_run(args):
                     image_dirs=data.get("image_dirs"), tokenizer=args.tokenizer, vision_weights=args.vision_weights,
                     language_weights=args.language_weights, method_overrides=config.get("method") or {},
                     recipe_overrides=recipe, device=args.device, output=args.output, work_dir=args.work_dir,
-                    tag=args.tag, resume=args.resume)
+                    tag=args.tag, resume=args.resume, synthetic_images=args.synthetic_images)
     record = run(cfg)
     for split, res in record["results"].items():
         print(f"{record['dataset']} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd, referit")
     run.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
     run.add_argument("--data-root", default=None, help="folder with data/ and ln_data/ (default: synthetic data)")
+    run.add_argument("--synthetic-images", type=int, default=None,
+                     help="images per dataset name of the generated synthetic set (default: the generator's)")
     run.add_argument("--epochs", type=int, default=None)
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     run.add_argument("--batch-size", type=int, default=None)

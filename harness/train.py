@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from datasets.catalog import get_spec, resolve_paths
 from datasets.rec import RECDataset, collate
+from datasets.synth import DEFAULT_IMAGES as SYNTH_DEFAULT_IMAGES
 from datasets.synth import ensure_synthetic
 from datasets.tokenize import build_tokenizer
 from harness import records
@@ -107,11 +108,12 @@ def resolve_data(cfg: RunConfig, rank: int):
     """(paths, tokenizer source, data kind, data description) for the run."""
     if cfg.data_root is None:
         cache = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE
+        images = cfg.synthetic_images or SYNTH_DEFAULT_IMAGES
         if rank == 0:
-            ensure_synthetic(cache, seed=SYNTH_SEED, images=cfg.synthetic_images)
+            ensure_synthetic(cache, seed=SYNTH_SEED, images=images)
         barrier()
-        root = ensure_synthetic(cache, seed=SYNTH_SEED, images=cfg.synthetic_images)
-        return resolve_paths(root), str(root / "vocab.txt"), "synthetic", {"seed": SYNTH_SEED, "images": root.name}
+        root = ensure_synthetic(cache, seed=SYNTH_SEED, images=images)
+        return resolve_paths(root), str(root / "vocab.txt"), "synthetic", {"seed": SYNTH_SEED, "images": images}
     paths = resolve_paths(cfg.data_root, cfg.split_root, cfg.image_root, cfg.image_dirs)
     tokenizer = cfg.tokenizer or cfg.language_weights or "bert-base-uncased"
     return paths, tokenizer, "real", {"root": str(cfg.data_root)}
@@ -366,12 +368,16 @@ def load_checkpoint_for_eval(path):
 
 
 def evaluate_checkpoint(path, dataset: str, data_root=None, split_root=None, image_root=None, device="auto",
-                        batch_size: int = 64, splits=None, cache_dir=None) -> dict:
+                        batch_size: int = 64, splits=None, cache_dir=None, synthetic_images=None) -> dict:
+    """Scores on `dataset`; without a data root, on the synthetic set the checkpoint was trained with."""
     model, meta = load_checkpoint_for_eval(path)
     device = resolve_device(device)
     spec = get_spec(dataset)
+    if synthetic_images is None and meta["data"] == "synthetic":
+        synthetic_images = meta["data_desc"]["images"]
     cfg = RunConfig(method=meta["method"], dataset=dataset, data_root=data_root, split_root=split_root,
-                    image_root=image_root, tokenizer=meta["tokenizer"] if data_root else None, cache_dir=cache_dir)
+                    image_root=image_root, tokenizer=meta["tokenizer"] if data_root else None, cache_dir=cache_dir,
+                    synthetic_images=synthetic_images)
     paths, tok_source, _, _ = resolve_data(cfg, 0)
     tokenizer = build_tokenizer(tok_source)
     if len(tokenizer) != model.config.language.vocab_size:

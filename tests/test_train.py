@@ -1,0 +1,162 @@
+"""Training loop: records, exact resume, DDP on gloo, overfitting a fixed batch, frozen encoders."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+from helpers import tiny_model
+
+import harness.train as train_mod
+from datasets.synth import ensure_synthetic
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.losses import rec_loss
+from harness.records import read_record
+from harness.train import RunConfig, run
+from methods import apply_method, build_method
+
+IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    ensure_synthetic(path, seed=13, images=IMAGES)
+    return path
+
+
+def config(cache, tmp_path, **kw):
+    base = RunConfig(method="full", dataset="unc", preset="tiny", cache_dir=str(cache), synthetic_images=IMAGES,
+                     output=str(tmp_path / "records"), work_dir=str(tmp_path / "work"), device="cpu",
+                     recipe_overrides={"epochs": 1, "batch_size": 8, "num_workers": 0})
+    return replace(base, **kw)
+
+
+def test_run_writes_a_valid_record(cache, tmp_path):
+    cfg = config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 2, "batch_size": 8, "num_workers": 0})
+    record = run(cfg)
+    on_disk = read_record(tmp_path / "records" / "unc_full_tiny.json")  # validates the schema
+    assert on_disk["results"] == json.loads(json.dumps(record["results"]))
+    assert set(record["results"]) == {"val", "testA", "testB"}
+    assert all(r["n"] > 0 and 0 <= r["accuracy"] <= 1 for r in record["results"].values())
+    assert record["data"] == "synthetic" and record["dataset_label"].startswith("synthetic")
+    assert record["status"] == "ok" and record["train"]["step"] == 2
+    assert record["params"]["trainable"] > record["params"]["encoder_side_trainable"] > 0
+    assert record["env"]["git"]["commit"] and record["weights"]["pretrained"] is False
+    assert (tmp_path / "work" / "unc_full_tiny" / "last.pth").exists()
+
+
+def test_resume_continues_exactly(cache, tmp_path, monkeypatch):
+    recipe = {"epochs": 3, "lr_drop": 2, "batch_size": 8, "num_workers": 0}
+    straight = run(config(cache, tmp_path / "a", recipe_overrides=recipe))
+
+    real_save, saves = train_mod.save_atomic, []
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if path.name == "last.pth":
+            saves.append(path)
+            if len(saves) == 1:
+                raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(train_mod, "save_atomic", save_then_die)
+    cfg = config(cache, tmp_path / "b", recipe_overrides=recipe)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.setattr(train_mod, "save_atomic", real_save)
+    resumed = run(replace(cfg, resume=True))
+    assert resumed["train"]["history"] == straight["train"]["history"]
+    assert resumed["results"] == straight["results"]
+
+
+def test_resume_refuses_another_configuration(cache, tmp_path):
+    run(config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0}))
+    other = config(cache, tmp_path, resume=True, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4,
+                                                                   "num_workers": 0})
+    with pytest.raises(HarnessError, match="another configuration"):
+        run(other)
+
+
+def test_ddp_gloo_two_processes(cache, tmp_path):
+    env = {**os.environ, "REC_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "harness.cli", "run", "--method", "frozen", "--dataset", "unc", "--preset", "tiny",
+           "--synthetic-images", str(IMAGES), "--epochs", "1", "--max-steps", "2", "--batch-size", "4",
+           "--num-workers", "0", "--device", "cpu", "--output", str(tmp_path / "rec"), "--work-dir", str(tmp_path / "w")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = read_record(tmp_path / "rec" / "unc_frozen_tiny.json")
+    assert record["world_size"] == 2
+    single = run(RunConfig(method="frozen", dataset="unc", cache_dir=str(cache), synthetic_images=IMAGES,
+                           output=str(tmp_path / "rec1"), work_dir=str(tmp_path / "w1"), device="cpu",
+                           recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4, "num_workers": 0}))
+    # every evaluation sample is scored once across the two ranks: no padding duplicates
+    assert {s: r["n"] for s, r in record["results"].items()} == {s: r["n"] for s, r in single["results"].items()}
+
+
+def test_overfits_a_fixed_batch(cache):
+    from datasets.catalog import resolve_paths
+    from datasets.rec import RECDataset, collate
+    from datasets.tokenize import build_tokenizer
+
+    root = ensure_synthetic(cache, seed=13, images=IMAGES)
+    tok = build_tokenizer(root / "vocab.txt")
+    ds = RECDataset(resolve_paths(root), "unc", "train", tok, 160, train=True, augment=False)
+    batch = collate([ds[i] for i in range(4)])
+    model = tiny_model(vocab_size=len(tok))
+    apply_method(build_method("full"), model)
+    model.eval()  # no dropout: a clean optimisation problem
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(120):
+        loss = rec_loss(model(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"]),
+                        batch["box"])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10
+
+
+def test_frozen_leaves_every_encoder_parameter_without_gradient():
+    model = tiny_model()
+    apply_method(build_method("frozen"), model)
+    from helpers import random_batch
+
+    image, image_mask, word_ids, word_mask, box = random_batch(model)
+    rec_loss(model(image, image_mask, word_ids, word_mask), box)["loss"].backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("visumodel.", "textmodel.")):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None, name
+
+
+def test_cli_errors_are_one_line(cache, tmp_path, capsys):
+    assert main(["run", "--method", "nope", "--dataset", "unc"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["run", "--method", "full", "--dataset", "unc", "--data-root", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: {epochs: 1, warp: 9}\n")
+    assert main(["run", "--method", "full", "--dataset", "unc", "--config", str(bad)]) == 2
+    assert "unknown recipe option(s) warp" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["run", "--method", "full", "--dataset", "unc", "--device", "cuda"]) == 2
+        assert "no GPU" in capsys.readouterr().err
+
+
+def test_eval_command_scores_a_checkpoint(cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("REC_BENCH_CACHE", str(cache))
+    cfg = config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0})
+    record = run(cfg)
+    best = tmp_path / "work" / "unc_full_tiny" / "best.pth"
+    # eval on the default synthetic set of the same size: rebuilt from the checkpoint alone
+    from harness.train import evaluate_checkpoint
+
+    out = evaluate_checkpoint(best, "unc", cache_dir=str(cache), device="cpu", synthetic_images=IMAGES)
+    assert out == record["results"]
