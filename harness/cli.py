@@ -26,9 +26,9 @@ def _cmd_data_check(args):
 
 
 def _cmd_methods(args):
-    from methods import describe_methods
+    from methods import describe_methods, method_names
 
-    print(describe_methods(preset=args.preset))
+    print(" ".join(method_names()) if args.names else describe_methods(preset=args.preset))
 
 
 def _read_config_file(path) -> dict:
@@ -64,7 +64,8 @@ def _cmd_run(args):
                     image_dirs=data.get("image_dirs"), tokenizer=args.tokenizer, vision_weights=args.vision_weights,
                     language_weights=args.language_weights, method_overrides=config.get("method") or {},
                     recipe_overrides=recipe, device=args.device, output=args.output, work_dir=args.work_dir,
-                    tag=args.tag, resume=args.resume, synthetic_images=args.synthetic_images)
+                    tag=args.tag, resume=args.resume, skip_done=args.skip_done,
+                    synthetic_images=args.synthetic_images)
     record = run(cfg)
     for split, res in record["results"].items():
         print(f"{record['dataset']} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
@@ -77,6 +78,24 @@ def _cmd_eval(args):
                                   batch_size=args.batch_size)
     for split, res in results.items():
         print(f"{args.dataset} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
+
+
+def _cmd_profile(args):
+    import json
+
+    from harness.profile import profile, summary
+
+    record = profile(args.method, preset=args.preset, batch_size=args.batch_size, device=args.device, amp=args.amp,
+                     dataset=args.dataset, train_size=args.train_size, data_root=args.data_root, steps=args.steps,
+                     warmup=args.warmup, output=args.output)
+    print(json.dumps(record, indent=2, sort_keys=True, default=str) if args.json else summary(record))
+
+
+def _cmd_table(args):
+    from harness.tables import build_tables
+
+    for path in build_tables(runs=args.runs, profiles=args.profiles, out=args.out):
+        print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--work-dir", default="runs", help="folder for checkpoints")
     run.add_argument("--tag", default=None, help="suffix for the run id (keeps variants apart)")
     run.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    run.add_argument("--skip-done", action="store_true",
+                     help="do nothing if the run's record exists, is ok and has the same configuration")
     run.set_defaults(func=_cmd_run)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint written by `harness run` on a dataset's splits")
@@ -129,8 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=_cmd_eval)
 
+    prof = sub.add_parser("profile", help="params, FLOPs, peak training memory and step time of one method "
+                                          "on synthetic tensors at the preset's shapes; writes a profile record")
+    prof.add_argument("--method", required=True)
+    prof.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    prof.add_argument("--batch-size", type=int, default=None, help="training batch (default: the recipe's)")
+    prof.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    prof.add_argument("--amp", action="store_true", help="bf16 autocast (the paper trains in fp32)")
+    prof.add_argument("--dataset", default="unc", help="sets the query length and the train size for epoch time")
+    prof.add_argument("--train-size", type=int, default=None, help="train-split size for the extrapolated epoch time")
+    prof.add_argument("--data-root", default=None, help="count the train split here instead of --train-size")
+    prof.add_argument("--steps", type=int, default=20, help="timed steps (median; >= 20 for reported figures)")
+    prof.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps")
+    prof.add_argument("--json", action="store_true", help="print the record instead of a summary")
+    prof.add_argument("--output", default="results/profile", help="folder for the profile record")
+    prof.set_defaults(func=_cmd_profile)
+
+    table = sub.add_parser("table", help="regenerate results/main.md, efficiency.md and tradeoff.png from records")
+    table.add_argument("--runs", default="results/runs", help="folder of run records")
+    table.add_argument("--profiles", default="results/profile", help="folder of profile records")
+    table.add_argument("--out", default="results", help="folder for the tables and the plot")
+    table.set_defaults(func=_cmd_table)
+
     methods = sub.add_parser("methods", help="list the registered methods and their tunable parameters")
     methods.add_argument("--preset", default="paper", choices=["paper", "tiny"])
+    methods.add_argument("--names", action="store_true", help="print only the names, space-separated")
     methods.set_defaults(func=_cmd_methods)
     return parser
 

@@ -60,6 +60,7 @@ class RunConfig:
     work_dir: str = "runs"
     tag: str | None = None
     resume: bool = False
+    skip_done: bool = False  # return the existing record if it is ok and has this configuration
     cache_dir: str | None = None
     synthetic_images: int | None = None  # size of the synthetic set (None: the generator's default)
 
@@ -166,6 +167,16 @@ def run(cfg: RunConfig) -> dict:
     }
     chash = records.config_hash(identity)
     run_dir = Path(cfg.work_dir) / cfg.run_id
+    done = Path(cfg.output) / f"{cfg.run_id}.json"
+    if cfg.skip_done and done.exists():
+        try:
+            previous = records.read_record(done)
+        except HarnessError:
+            previous = None  # unreadable: redo it
+        if previous and previous["status"] == "ok" and previous["config_hash"] == chash:
+            if rank == 0:
+                print(f"{cfg.run_id}: up to date ({done}), skipped")
+            return previous
 
     seed_everything(recipe.seed)
     model = build_model(cfg.preset, max_query_len=spec.max_query_len, vocab_size=len(tokenizer))

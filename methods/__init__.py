@@ -29,8 +29,7 @@ def _discover():
 
 
 def method_names() -> list[str]:
-    if not _REGISTRY:
-        _discover()
+    _discover()  # importing is cached, so this is cheap after the first call
     return sorted(_REGISTRY)
 
 
