@@ -280,7 +280,7 @@ def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, schedu
             loader.sampler.set_epoch(epoch)
         train_model.train()
         losses, t_epoch = [], time.perf_counter()
-        bar = tqdm(loader, desc=f"{cfg.run_id} epoch {epoch + 1}/{recipe.epochs}", disable=rank != 0,
+        bar = tqdm(loader, desc=f"{cfg.run_id} epoch {epoch + 1}/{recipe.epochs}", disable=None if rank == 0 else True,
                    leave=False, dynamic_ncols=True)
         for batch in bar:
             t0 = time.perf_counter()

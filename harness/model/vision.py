@@ -27,11 +27,27 @@ class BranchOutput:
     taps: list | None = None
 
 
+def _narrow_stem(resnet: ResNet, width: int) -> None:
+    """timm's plain 7x7 stem is always 64 channels wide (`stem_width` only shapes its deep stems), and at toy
+    widths that stem costs most of the forward; rebuild it, and layer1's first block's inputs, at `width`."""
+    resnet.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    resnet.bn1 = nn.BatchNorm2d(width)
+    first = resnet.layer1[0]
+    first.conv1 = nn.Conv2d(width, first.conv1.out_channels, kernel_size=1, bias=False)
+    first.downsample[0] = nn.Conv2d(width, first.downsample[0].out_channels, kernel_size=1, bias=False)
+    for conv in (resnet.conv1, first.conv1, first.downsample[0]):
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # timm's conv init
+
+
 class VisionBranch(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        resnet = ResNet(Bottleneck, cfg.resnet_layers, channels=cfg.resnet_channels, stem_width=cfg.stem_width,
-                        num_classes=0, global_pool="")
+        # zero_init_last=False: timm zeroes each block's last BN weight, which FrozenBatchNorm2d would keep at
+        # zero forever (every residual branch dead) when the model starts from random weights.
+        resnet = ResNet(Bottleneck, cfg.resnet_layers, channels=cfg.resnet_channels, num_classes=0, global_pool="",
+                        zero_init_last=False)
+        if cfg.stem_width != 64:
+            _narrow_stem(resnet, cfg.stem_width)
         # torchvision FrozenBatchNorm2d: buffers only, eps 1e-5, drops num_batches_tracked on load (as DETR).
         self.backbone = freeze_batch_norm_2d(resnet)
         self.input_proj = nn.Conv2d(cfg.c5_channels, cfg.d_model, kernel_size=1)

@@ -1,0 +1,248 @@
+"""`harness profile`: the efficiency figures of one method on synthetic tensors at the preset's real shapes
+(image size, query length of the dataset, BERT vocabulary), ending in a record of kind "profile".
+
+Figures (DESIGN.md "Counting and measuring"):
+- parameters: encoder-side tunable, all trainable, total, % (harness.model.count_parameters);
+- FLOPs: fvcore forward at batch 1 with eager attention (GMACs, and GFLOPs = 2 x GMACs) and
+  FlopCounterMode training-step FLOPs at the training batch (harness.flops);
+- memory: on CUDA, torch.cuda.max_memory_allocated (the field's "GPU memory") and max_memory_reserved over
+  the timed steps after reset_peak_memory_stats; model, gradients and AdamW state are alive throughout and
+  included; the allocated baseline before the steps is stored too. On CPU no allocator peak exists, so the
+  record holds a training-state proxy instead: bytes autograd saves for backward in one step (tensors packed
+  by saved_tensors_hooks, deduplicated by storage, parameters excluded) + parameters and buffers +
+  gradients + AdamW state. The proxy is computed on CUDA as well, so devices can be compared on it;
+- time: real AdamW steps (forward, L1 + GIoU, backward, optimizer step; bf16 autocast with --amp) on one
+  synthetic batch, the median over the timed steps after warm-up, each step synchronised; samples/s; epoch
+  time extrapolated from the median (labelled so) when the train split's size is known.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from harness import records
+from harness.errors import HarnessError
+
+# Train-split sizes verified in reference/datasets.md (expressions); no other size is assumed.
+KNOWN_TRAIN_SIZES = {"unc": (120_624, "RefCOCO (unc) train expressions, reference/datasets.md")}
+CPU_MEMORY_WHAT = ("CPU proxy, not an allocator peak: bytes autograd saves for backward in one training step "
+                   "(saved_tensors_hooks, deduplicated by storage, parameters excluded) + parameters and buffers "
+                   "+ gradients + AdamW state")
+
+
+def precision_name(amp: bool) -> str:
+    return "bf16-autocast" if amp else "fp32"
+
+
+def record_name(method: str, preset: str, device: str, precision: str, batch_size: int) -> str:
+    return f"{method}_{preset}_{device}_{precision}_b{batch_size}"
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def train_size_for(dataset: str, train_size=None, data_root=None):
+    """(size, source) of the dataset's train split, or (None, reason) when unknown."""
+    if train_size is not None:
+        if train_size < 1:
+            raise HarnessError(f"--train-size must be >= 1, got {train_size}")
+        return train_size, "--train-size"
+    if data_root is not None:
+        from datasets.catalog import resolve_paths
+        from datasets.index import load_split
+
+        return len(load_split(resolve_paths(data_root), dataset, "train")), f"counted in {data_root}"
+    if dataset in KNOWN_TRAIN_SIZES:
+        return KNOWN_TRAIN_SIZES[dataset]
+    return None, f"train size of {dataset} unknown: pass --train-size or --data-root"
+
+
+class _Trainer:
+    """One real training step on a fixed synthetic batch, with the pieces the profiler measures."""
+
+    def __init__(self, model, optimizer, batch, amp: bool):
+        self.model, self.optimizer, self.amp = model, optimizer, amp
+        *self.inputs, self.box = batch
+        self.device = self.box.device
+
+    def forward_loss(self):
+        from harness.losses import rec_loss
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            pred = self.model(*self.inputs)
+        return rec_loss(pred.float(), self.box)["loss"]
+
+    def step(self, loss=None):
+        loss = self.forward_loss() if loss is None else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = _nbytes(p.grad for p in self.model.parameters() if p.grad is not None)
+        self.optimizer.step()
+        return grads
+
+    def training_state(self) -> dict:
+        """One step with every tensor autograd saves for backward recorded (the CPU memory proxy)."""
+        own = {t.untyped_storage().data_ptr() for t in (*self.model.parameters(), *self.model.buffers())}
+        saved: dict[int, int] = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in own and storage.nbytes():
+                saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = self.forward_loss()
+        grads = self.step(loss)
+        state = [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        figures = {"saved_activations_bytes": sum(saved.values()), "saved_storages": len(saved),
+                   "model_bytes": _nbytes(self.model.parameters()) + _nbytes(self.model.buffers()),
+                   "grad_bytes": grads, "optimizer_state_bytes": _nbytes(state)}
+        figures["training_state_bytes"] = sum(v for k, v in figures.items() if k.endswith("_bytes"))
+        return figures
+
+    def timed(self, steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            _sync(self.device)
+            t0 = time.perf_counter()
+            self.step()
+            _sync(self.device)
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+def profile(method: str, preset: str = "tiny", batch_size: int | None = None, device: str = "auto",
+            amp: bool = False, dataset: str = "unc", train_size: int | None = None, data_root=None,
+            steps: int = 20, warmup: int = 5, output="results/profile", seed: int = 13, write: bool = True) -> dict:
+    from datasets.catalog import get_spec
+    from harness.flops import forward_flops, synthetic_batch, train_step_flops
+    from harness.model import build_model, count_parameters
+    from harness.recipe import build_recipe
+    from harness.train import resolve_device, seed_everything
+    from methods import apply_method, build_method, method_defaults
+
+    if steps < 1 or warmup < 0:
+        raise HarnessError(f"--steps must be >= 1 and --warmup >= 0 (got {steps}, {warmup})")
+    dev = resolve_device(device)
+    spec = get_spec(dataset)
+    meth = build_method(method)
+    recipe = build_recipe(preset, dataset, method_defaults(method)["recipe"],
+                          {"batch_size": batch_size, "amp": amp or None})
+    if recipe.amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise HarnessError("--amp uses bf16 autocast, which this GPU does not support: drop --amp")
+    bs, precision = recipe.batch_size, precision_name(recipe.amp)
+    size, size_source = train_size_for(dataset, train_size, data_root)
+
+    seed_everything(seed)
+    model = build_model(preset, max_query_len=spec.max_query_len)  # BERT vocabulary (30,522) by default
+    apply_method(meth, model)
+    params = count_parameters(model)
+    fwd = forward_flops(model)  # on CPU before the move: counts do not depend on the device
+    try:
+        model.to(dev)
+        step_flops = train_step_flops(model, bs, amp=recipe.amp)
+        step_flops["counted_on"] = dev.type
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()  # drop the FLOP count's cached blocks; warm-up rebuilds the training cache
+        groups = meth.param_groups(model, recipe.lr * recipe.lr_scale, recipe.lr_encoder * recipe.lr_scale)
+        optimizer = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+        trainer = _Trainer(model, optimizer, synthetic_batch(model.config, bs, dev, seed), recipe.amp)
+        model.train()
+        trainer.timed(warmup)
+        proxy = trainer.training_state()  # not timed; creates the AdamW state if warm-up was 0
+        if dev.type == "cuda":
+            _sync(dev)
+            baseline = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = trainer.timed(steps)
+        if dev.type == "cuda":
+            memory = {"device": "cuda", "primary": "peak_allocated_bytes",
+                      "peak_allocated_bytes": torch.cuda.max_memory_allocated(dev),
+                      "peak_reserved_bytes": torch.cuda.max_memory_reserved(dev),
+                      "baseline_allocated_bytes": baseline, **proxy,
+                      "what": f"torch.cuda.max_memory_allocated (primary) and max_memory_reserved over {steps} "
+                              f"timed training steps after reset_peak_memory_stats, model + gradients + AdamW "
+                              f"state included; baseline = allocated before the steps. Also stored: the "
+                              f"device-independent proxy ({CPU_MEMORY_WHAT})"}
+        else:
+            memory = {"device": "cpu", "primary": "training_state_bytes", **proxy, "what": CPU_MEMORY_WHAT}
+    except torch.OutOfMemoryError:
+        raise HarnessError(f"out of GPU memory profiling {method} ({preset}) at batch size {bs}: "
+                           "use a smaller --batch-size or --amp") from None
+
+    median = statistics.median(times)
+    steps_per_epoch = math.ceil(size / bs) if size else None
+    time_fig = {
+        "median_step_s": median, "p90_step_s": sorted(times)[min(len(times) - 1, int(0.9 * len(times)))],
+        "mean_step_s": statistics.fmean(times), "timed_steps": steps, "warmup_steps": warmup,
+        "samples_per_s": bs / median, "train_size": size, "train_size_source": size_source,
+        "epoch_s": steps_per_epoch * median if size else None,
+        "epoch_s_how": (f"extrapolated: ceil({size:,} / {bs}) = {steps_per_epoch:,} steps x median step of {steps} "
+                        "timed steps; data loading and evaluation excluded") if size else None,
+        "what": f"wall-clock per training step (forward, loss, backward, AdamW step) on one synthetic batch, "
+                f"{'CUDA-synchronised, ' if dev.type == 'cuda' else ''}median over {steps} steps after "
+                f"{warmup} warm-up steps",
+    }
+    env = records.environment(dev)
+    env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    env["torch_threads"] = torch.get_num_threads()
+    name = record_name(method, preset, dev.type, precision, bs)
+    identity = {"kind": "profile", "method": method, "method_config": asdict(meth.config), "preset": preset,
+                "dataset": dataset, "device": dev.type, "precision": precision, "batch_size": bs,
+                "steps": steps, "warmup": warmup, "seed": seed}
+    record = {
+        "schema": records.SCHEMA_VERSION, "kind": "profile", "run_id": name, "method": method,
+        "method_config": asdict(meth.config), "dataset": dataset,
+        "dataset_label": f"synthetic tensors ({spec.label} shapes)", "data": "synthetic",
+        "data_desc": {"inputs": "random tensors at the preset's shapes (full image, full-length query); "
+                                "data content does not change these figures",
+                      "image_size": model.config.image_size, "max_query_len": model.config.max_query_len,
+                      "vocab_size": model.config.language.vocab_size},
+        "preset": preset, "model_config": model.config.to_dict(), "recipe": asdict(recipe),
+        "weights": {"vision": None, "language": None, "pretrained": False,
+                    "note": "random init: weights do not change the figures"},
+        "env": env, "device": dev.type, "device_name": env["device_name"], "precision": precision,
+        "batch_size": bs, "image_size": model.config.image_size, "params": params,
+        "flops": {"forward": fwd, "train_step": step_flops}, "memory": memory, "time": time_fig,
+        "results": {}, "status": "ok", "error": None, "created_at": records.now(),
+        "config_hash": records.config_hash(identity),
+    }
+    records.validate_record(record, name)
+    if write:
+        record["path"] = str(records.write_json_atomic(Path(output) / f"{name}.json", record))
+    return record
+
+
+def summary(record: dict) -> str:
+    p, f, m, t = record["params"], record["flops"], record["memory"], record["time"]
+    gb = m[m["primary"]] / 2**30
+    mem = (f"peak allocated {gb:.2f} GiB (reserved {m['peak_reserved_bytes'] / 2**30:.2f} GiB)"
+           if m["device"] == "cuda" else f"{gb:.3f} GiB (CPU proxy: saved activations + params + grads + AdamW)")
+    epoch = (f"{t['epoch_s'] / 60:.1f} min (extrapolated, {t['train_size']:,} samples)" if t["epoch_s"]
+             else f"- ({t['train_size_source']})")
+    lines = [
+        f"{record['method']} | preset {record['preset']} | {record['device_name']} | {record['precision']} | "
+        f"batch {record['batch_size']} | {record['image_size']} px",
+        f"params: tunable (encoder-side) {p['encoder_side_trainable'] / 1e6:.2f}M ({p['percent_encoder_side']:.2f}%)"
+        f", all trainable {p['trainable'] / 1e6:.2f}M, total {p['total'] / 1e6:.2f}M",
+        f"forward (batch 1): {f['forward']['gmacs']:.2f} GMACs = {f['forward']['gflops']:.2f} GFLOPs; "
+        f"training step (batch {record['batch_size']}): {f['train_step']['tflops']:.4f} TFLOPs",
+        f"memory: {mem}",
+        f"step: median {t['median_step_s'] * 1000:.1f} ms over {t['timed_steps']} steps, "
+        f"{t['samples_per_s']:.1f} samples/s; epoch: {epoch}",
+    ]
+    if record.get("path"):
+        lines.append(f"record written to {record['path']}")
+    return "\n".join(lines)

@@ -1,0 +1,307 @@
+"""`harness table`: the paper-style tables and the trade-off plot, built only from records.
+
+- results/main.md: Acc@0.5 (%) per method and split, with tunable parameters; one table per (data, preset).
+- results/efficiency.md: parameters, FLOPs, peak training memory, step/epoch time per method; one table per
+  (preset, device, precision, batch), since "% of full" only means something within such a group. Profile
+  records are preferred; figures inside run records fill in the rest, and a column says which.
+- results/tradeoff.png: accuracy vs peak memory, bubble size = tunable parameters (as Fig. 1 of M2IST).
+
+A missing record is an empty cell, never a guess; a malformed record stops with one line naming its file.
+Every file starts with its provenance, built from the records it used.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from datasets.catalog import get_spec
+from harness.records import read_record
+
+# Main-table columns: (dataset, split, split label); RefCOCOg google's val-g only when a record has it.
+MAIN_SPLITS = [("unc", "val", "val"), ("unc", "testA", "testA"), ("unc", "testB", "testB"),
+               ("unc+", "val", "val"), ("unc+", "testA", "testA"), ("unc+", "testB", "testB"),
+               ("gref_umd", "val", "val-u"), ("gref_umd", "test", "test-u"),
+               ("referit", "val", "val"), ("referit", "test", "test"), ("gref", "val", "val-g")]
+OPTIONAL = {("gref", "val")}
+COUNTING = ("tunable = encoder-side trainable parameters (inside or beside the vision/language encoders: what "
+            "REC PETL papers call tunable backbone parameters); all trainable adds the V-L fusion and box head; "
+            "% = tunable / total parameters")
+FLOPS_RULE = ("forward FLOPs: fvcore on one forward pass at batch 1 with eager attention; fvcore counts one "
+              "multiply-add as one flop, so its figure is GMACs, and GFLOPs = 2 x GMACs; training-step TFLOPs: "
+              "torch.utils.flop_counter (forward + backward at the training batch, optimizer excluded, "
+              "1 multiply-add = 2 FLOPs)")
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+def read_folder(folder) -> list[dict]:
+    """Every record in a folder (none if the folder does not exist); a bad file raises HarnessError."""
+    folder = Path(folder)
+    return [read_record(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def method_order(name: str):
+    """full, frozen, the other methods alphabetically, m2ist last; a variant follows its method."""
+    base = name.split(" [")[0]
+    return ({"full": 0, "frozen": 1, "m2ist": 3}.get(base, 2), base, name)
+
+
+def row_name(r: dict) -> str:
+    """The method, plus the run's tag when it has one (`harness run --tag`: variants such as M2IST's forms)."""
+    prefix = "_".join((r["dataset"].replace("+", "plus"), r["method"], r["preset"]))
+    tag = r["run_id"][len(prefix):].strip("_") if r["run_id"].startswith(prefix) else ""
+    return f"{r['method']} [{tag}]" if tag and r["kind"] == "run" else r["method"]
+
+
+def _precision(r: dict) -> str:
+    return r.get("precision") or ("bf16-autocast" if r["recipe"].get("amp") else "fp32")
+
+
+def _device_name(r: dict) -> str:
+    return r.get("device_name") or r["env"].get("device_name") or r["env"].get("device", "?")
+
+
+def _batch(r: dict):
+    return r.get("batch_size") or r["recipe"].get("batch_size")
+
+
+def _newest(records: list[dict]) -> list[dict]:
+    """One record per key (method or variant, dataset, source kind): the newest."""
+    best = {}
+    for r in sorted(records, key=lambda r: r["created_at"]):
+        best[(row_name(r), r["dataset"], r["kind"])] = r
+    return list(best.values())
+
+
+def _fmt(value, digits=2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value, ref) -> str:
+    return "" if value is None or not ref else f"{100 * value / ref:.1f}"
+
+
+# ---- provenance ------------------------------------------------------------------------------------
+def provenance(title: str, records: list[dict], rules: list[str], command: str, what_data: str) -> str:
+    def distinct(values):
+        return ", ".join(sorted({str(v) for v in values})) or "none"
+
+    commits = {f"{(r['env'].get('git') or {}).get('commit') or 'unknown'}"[:12]
+               + (" (dirty)" if (r["env"].get("git") or {}).get("dirty") else "") for r in records}
+    lines = [f"# {title}", ""]
+    if any(r["data"] == "synthetic" for r in records):
+        lines += [f"> **SYNTHETIC DATA.** {what_data}", ""]
+    lines += [
+        f"- data: {distinct(r['data'] for r in records)}",
+        f"- preset(s): {distinct(r['preset'] for r in records)}",
+        f"- device(s): {distinct(_device_name(r) for r in records)}",
+        f"- precision: {distinct(_precision(r) for r in records)}",
+        f"- commit(s): {', '.join(sorted(commits)) or 'none'}",
+        f"- newest record: {max((r['created_at'] for r in records), default='none')} ({len(records)} records)",
+        *[f"- counting: {rule}" for rule in rules],
+        f"- regenerate: `{command}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- main table --------------------------------------------------------------------------------------
+def main_tables(runs: list[dict]) -> list[tuple[str, pd.DataFrame, list[dict]]]:
+    """(heading, table, records) per (data, preset); rows = methods, cells empty where no ok record exists."""
+    out = []
+    for data, preset in sorted({(r["data"], r["preset"]) for r in runs}, key=lambda k: (k[0] != "real", k[1])):
+        group = _newest([r for r in runs if (r["data"], r["preset"]) == (data, preset)])
+        ok = {(row_name(r), r["dataset"]): r for r in group if r["status"] == "ok"}
+        splits = [s for s in MAIN_SPLITS if s[:2] not in OPTIONAL or any(d == s[0] for _, d in ok)]
+        rows = []
+        for method in sorted({row_name(r) for r in group}, key=method_order):
+            params = next((ok[(method, d)]["params"] for d, _, _ in splits if (method, d) in ok), None)
+            row = {"method": method,
+                   "tunable (M)": _fmt(params and params["encoder_side_trainable"] / 1e6),
+                   "tunable %": _fmt(params and params["percent_encoder_side"])}
+            for dataset, split, label in splits:
+                res = ok.get((method, dataset), {}).get("results", {}).get(split)
+                row[f"{_dataset_label(dataset, data)} {label}"] = _fmt(res and 100 * res["accuracy"])
+            rows.append(row)
+        heading = f"{'Synthetic data' if data == 'synthetic' else 'Real data'}, preset {preset}"
+        out.append((heading, pd.DataFrame(rows), group))
+    return out
+
+
+def _dataset_label(dataset: str, data: str) -> str:
+    label = get_spec(dataset).label
+    return f"synthetic ({label}-style)" if data == "synthetic" else label
+
+
+# ---- efficiency table --------------------------------------------------------------------------------
+def _efficiency_figures(r: dict) -> dict:
+    """The figures one record holds, whichever kind it is (missing ones None)."""
+    flops, mem, t = r["flops"], r["memory"], r["time"]
+    fwd = flops.get("forward", flops) if isinstance(flops.get("forward", flops), dict) else {}
+    step = flops.get("train_step") or {}
+    if r["kind"] == "profile":
+        memory = mem.get(mem.get("primary", ""))
+        memory_what = mem.get("what")
+    elif mem.get("device") == "cuda" and mem.get("peak_allocated_bytes"):
+        memory, memory_what = mem["peak_allocated_bytes"], mem.get("what")
+    else:  # a CPU run's process RSS is not a training-memory figure
+        memory, memory_what = None, None
+    how = t.get("epoch_s_how") or ""
+    return {"gmacs": fwd.get("gmacs"), "gflops": fwd.get("gflops"), "tflops": step.get("tflops"),
+            "memory": memory, "memory_what": memory_what, "step": t.get("median_step_s"),
+            "epoch": t.get("epoch_s"), "epoch_how": "extrap." if how.startswith("extrapolated") else "meas.",
+            "samples": t.get("samples_per_s"), "timed_steps": t.get("timed_steps")}
+
+
+def efficiency_tables(profiles: list[dict], runs: list[dict]):
+    """(heading, table, records, memory notes) per (preset, device, precision, batch)."""
+    pool = [r for r in profiles + runs if r["status"] == "ok"]
+    keys = sorted({(r["preset"], _device_name(r), _precision(r), _batch(r)) for r in pool}, key=str)
+    out = []
+    for key in keys:
+        members = [r for r in pool if (r["preset"], _device_name(r), _precision(r), _batch(r)) == key]
+        chosen = {}  # method -> record: a profile record if any, else the newest run on unc, else the newest run
+        for r in sorted(members, key=lambda r: (r["kind"] == "profile", r["dataset"] == "unc", r["created_at"])):
+            chosen[row_name(r)] = r
+        figs = {m: _efficiency_figures(r) for m, r in chosen.items()}
+        full = figs.get("full", {})
+        rows = []
+        for method in sorted(chosen, key=method_order):
+            r, f = chosen[method], figs[method]
+            p = r["params"]
+            epoch = f"{f['epoch'] / 60:.1f} ({f['epoch_how']})" if f["epoch"] else ""
+            rows.append({
+                "method": method, "tunable (M)": _fmt(p["encoder_side_trainable"] / 1e6),
+                "tunable %": _fmt(p["percent_encoder_side"]), "all trainable (M)": _fmt(p["trainable"] / 1e6),
+                "fwd GMACs (b=1)": _fmt(f["gmacs"]), "fwd GFLOPs (b=1)": _fmt(f["gflops"]),
+                "train-step TFLOPs": "" if f["tflops"] is None else f"{f['tflops']:.4g}",
+                "peak memory (GiB)": _fmt(f["memory"] and f["memory"] / 2**30, 3),
+                "memory % of full": _pct(f["memory"], full.get("memory")),
+                "step (ms)": _fmt(f["step"] and 1000 * f["step"], 1),
+                "step % of full": _pct(f["step"], full.get("step")),
+                "epoch (min)": epoch, "epoch % of full": _pct(f["epoch"], full.get("epoch")),
+                "samples/s": _fmt(f["samples"], 1),
+                "source": "profile" if r["kind"] == "profile" else f"run {r['run_id']}",
+            })
+        notes = sorted({f["memory_what"] for f in figs.values() if f["memory_what"]})
+        short = [m for m, f in figs.items() if f["timed_steps"] is not None and f["timed_steps"] < 20]
+        if short:
+            notes.append(f"fewer than 20 timed steps (smoke figures, not for reporting): {', '.join(sorted(short))}")
+        preset, device, precision, batch = key
+        out.append((f"preset {preset}, {device}, {precision}, batch {batch}", pd.DataFrame(rows),
+                    list(chosen.values()), notes))
+    return out
+
+
+# ---- trade-off plot ----------------------------------------------------------------------------------
+def tradeoff_plot(mains, effs, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    points, acc_section = [], None
+    for heading, table, recs in mains:  # real data first, then by preset
+        col = f"{_dataset_label('unc', recs[0]['data'])} val"
+        if col in table and table[col].ne("").any():
+            acc_section = heading, table, recs, col
+            break
+    if acc_section:
+        heading, table, recs, acc_col = acc_section
+        acc = {row["method"]: float(row[acc_col]) for _, row in table.iterrows() if row[acc_col]}
+        # memory group: most methods in common with the accuracies; then same preset, then a GPU group
+        candidates = [(sum(1 for m, mem in zip(t["method"], t["peak memory (GiB)"]) if m in acc and mem),
+                       e_recs[0]["preset"] == recs[0]["preset"], e_recs[0]["memory"].get("device") == "cuda", i)
+                      for i, (_, t, e_recs, _) in enumerate(effs)]
+        if candidates and max(candidates)[0]:
+            e_heading, e_table, e_recs, _ = effs[max(candidates)[3]]
+            use_pct = bool(e_table.loc[e_table["method"] == "full", "memory % of full"].ne("").any())
+            col = "memory % of full" if use_pct else "peak memory (GiB)"
+            for _, row in e_table.iterrows():
+                if row["method"] in acc and row[col]:
+                    points.append((row["method"], float(row[col]), acc[row["method"]], float(row["tunable (M)"])))
+    if points:
+        biggest = max(p[3] for p in points) or 1.0
+        for method, x, y, tunable in points:
+            size = 60 + 1500 * tunable / biggest  # marker area in points^2
+            ax.scatter(x, y, s=size, alpha=0.5)
+            ax.annotate(f"{method} ({tunable:.2f}M)", (x, y), xytext=(0, size**0.5 / 2 + 3), textcoords="offset points",
+                        ha="center", fontsize=8)
+        cpu = any(r["memory"].get("device") == "cpu" for r in e_recs)
+        kind = ("CPU proxy: saved activations + params + grads + AdamW state" if cpu
+                else "peak torch.cuda.max_memory_allocated")
+        ax.set_xlabel(f"training memory, {'% of full fine-tuning' if use_pct else 'GiB'}\n({kind})")
+        ax.set_ylabel(f"Acc@0.5 (%), {acc_col}")
+        loud = "SYNTHETIC DATA - " if recs[0]["data"] == "synthetic" else ""
+        ax.set_title(f"{loud}accuracy: {heading} ({', '.join(sorted({_device_name(r) for r in recs}))})\n"
+                     f"memory: {e_heading}; bubble area = tunable (encoder-side) parameters", fontsize=8)
+        ax.margins(0.25)
+        ax.grid(alpha=0.3)
+    else:
+        ax.text(0.5, 0.5, "no method has both a RefCOCO-style val accuracy\nand a peak-memory figure in the records",
+                ha="center", va="center")
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+# ---- files -------------------------------------------------------------------------------------------
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, disable_numparse=True) if len(table) else "(no records)"
+
+
+def build_tables(runs="results/runs", profiles="results/profile", out="results") -> list[Path]:
+    all_runs = [r for r in read_folder(runs) if r["kind"] == "run"]
+    all_profiles = [r for r in read_folder(profiles) if r["kind"] == "profile"]
+    command = f"harness table --runs {runs} --profiles {profiles} --out {out}"
+    out = Path(out)
+
+    mains = main_tables(all_runs)
+    used = [r for _, _, recs in mains for r in recs]
+    text = provenance(
+        "Main results: Acc@0.5 (%)", used, [COUNTING], command,
+        "Columns named 'synthetic (X-style)' come from the generated synthetic set in X's index format; they "
+        "are not RefCOCO / RefCOCO+ / RefCOCOg / ReferItGame results and must never be reported as such.")
+    for heading, table, recs in mains:
+        text += f"\n## {heading}\n\n{_markdown(table)}\n"
+        bad = sorted(f"{r['run_id']} ({r['status']})" for r in recs if r["status"] != "ok")
+        if bad:
+            text += f"\nEmpty cells include runs that did not finish: {', '.join(bad)}.\n"
+    if not mains:
+        text += f"\n(no run records in {runs})\n"
+    paths = [_write_text(out / "main.md", text)]
+
+    effs = efficiency_tables(all_profiles, all_runs)
+    used = [r for _, _, recs, _ in effs for r in recs]
+    text = provenance(
+        "Efficiency: parameters, FLOPs, peak training memory, time", used, [COUNTING, FLOPS_RULE], command,
+        "Profile records are measured on random tensors at the preset's real input shapes and run-record figures "
+        "on whatever data the run trained on; data content does not change these figures, but no figure here "
+        "comes from training on a real dataset unless its record says data = real.")
+    text += ("- memory: CUDA = torch.cuda.max_memory_allocated over the timed training steps (model, gradients and "
+             "AdamW state included); CPU = a proxy (saved activations + params + grads + AdamW), not comparable "
+             "with GPU figures; CPU run records give no memory figure (process RSS only)\n"
+             "- time: median over timed steps after warm-up; epoch (extrap.) = steps per epoch x median step, "
+             "(meas.) = measured epoch; source = profile record or run record\n")
+    for heading, table, _, notes in effs:
+        text += f"\n## {heading}\n\n{_markdown(table)}\n"
+        text += "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")
+    if not effs:
+        text += f"\n(no profile records in {profiles} and no run records in {runs})\n"
+    paths.append(_write_text(out / "efficiency.md", text))
+    paths.append(tradeoff_plot(mains, effs, out / "tradeoff.png"))
+    return paths

@@ -1,0 +1,175 @@
+"""`harness table`: main.md, efficiency.md and tradeoff.png from fixture records written here."""
+import json
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.records import SCHEMA_VERSION, validate_record, write_json_atomic
+from harness.tables import build_tables, efficiency_tables, main_tables, read_folder
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+PARAMS = {  # method -> (encoder-side trainable, all trainable, total)
+    "full": (2_000_000, 2_100_000, 2_200_000), "frozen": (0, 100_000, 2_200_000),
+    "m2ist": (60_000, 160_000, 2_260_000), "adapter": (50_000, 150_000, 2_250_000),
+    "zeta": (10_000, 110_000, 2_210_000),
+}
+SPLITS = {"unc": ("val", "testA", "testB"), "unc+": ("val", "testA", "testB"), "gref_umd": ("val", "test"),
+          "referit": ("val", "test"), "gref": ("val",)}
+
+
+def make_record(method, dataset="unc", kind="run", data="synthetic", preset="tiny", acc=0.5, status="ok",
+                device="cpu", memory=None, step_s=0.1, batch=2, precision="fp32", created="2026-11-20T10:00:00+00:00",
+                dirty=False, flops=None, epoch_s=None, tag=None):
+    """A record with exactly the schema train.py / profile.py write (only the fields the tables read filled)."""
+    enc, trainable, total = PARAMS[method]
+    device_name = "NVIDIA H100 80GB HBM3" if device == "cuda" else "CPU (x86_64, 2 cores, 2 threads)"
+    record = {
+        "schema": SCHEMA_VERSION, "kind": kind, "method": method,
+        "run_id": "_".join(p for p in (dataset.replace("+", "plus"), method, preset, tag) if p),
+        "method_config": {}, "dataset": dataset, "dataset_label": "RefCOCO", "data": data, "preset": preset,
+        "recipe": {"batch_size": batch, "amp": precision != "fp32"}, "weights": {},
+        "env": {"git": {"commit": COMMIT, "dirty": dirty}, "device": device, "device_name": device_name},
+        "params": {"encoder_side_trainable": enc, "trainable": trainable, "total": total,
+                   "percent_encoder_side": 100 * enc / total},
+        "flops": flops or {}, "memory": memory or {"device": device},
+        "time": {"median_step_s": step_s, "samples_per_s": batch / step_s, "timed_steps": 20, "epoch_s": epoch_s,
+                 "epoch_s_how": "extrapolated: ..." if epoch_s else None},
+        "results": {} if kind == "profile" else {s: {"accuracy": acc + 0.01 * i, "miou": acc, "n": 100}
+                                                 for i, s in enumerate(SPLITS[dataset])},
+        "status": status, "error": None if status == "ok" else "boom", "created_at": created, "config_hash": "x",
+    }
+    if kind == "profile":
+        record.update(device=device, device_name=device_name, precision=precision, batch_size=batch, image_size=160)
+    return validate_record(record)
+
+
+def profile_record(method, proxy_bytes, step_s, **kw):
+    memory = {"device": "cpu", "primary": "training_state_bytes", "training_state_bytes": proxy_bytes,
+              "what": "CPU proxy, not an allocator peak: saved activations + params + grads + AdamW"}
+    flops = {"forward": {"gmacs": 0.08, "gflops": 0.16}, "train_step": {"tflops": 0.0004}}
+    return make_record(method, kind="profile", memory=memory, step_s=step_s, flops=flops, epoch_s=1000 * step_s,
+                       created="2026-11-21T09:00:00+00:00", **kw)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    runs, profiles = tmp_path / "runs", tmp_path / "profile"
+    for method, acc in (("full", 0.80), ("frozen", 0.60), ("m2ist", 0.78), ("zeta", 0.70)):
+        for dataset in ("unc", "unc+", "gref_umd", "referit"):
+            if (method, dataset) == ("m2ist", "unc+"):
+                continue  # the missing record: empty cells, never a guess
+            write_json_atomic(runs / f"{dataset}_{method}.json", make_record(method, dataset, acc=acc, dirty=True))
+    # adapter: only a failed run on unc -> a row of empty cells, and a note
+    write_json_atomic(runs / "unc_adapter.json", make_record("adapter", status="failed"))
+    # a tagged variant (harness run --tag) is a row of its own, after its method
+    write_json_atomic(runs / "unc_m2ist_par.json", make_record("m2ist", acc=0.75, tag="parallel"))
+    # an older duplicate of full on unc must lose to the newer record
+    write_json_atomic(runs / "unc_full_old.json", make_record("full", acc=0.10, created="2026-01-01T00:00:00+00:00"))
+    # a CUDA run record of m2ist: its figures form their own efficiency group, sourced from the run
+    write_json_atomic(runs / "cuda_m2ist.json", make_record(
+        "m2ist", device="cuda", batch=64, memory={"device": "cuda", "peak_allocated_bytes": 15 * 2**30,
+                                                  "what": "torch.cuda.max_memory_allocated"}))
+    for method, proxy, step in (("full", 400 * 2**20, 0.2), ("frozen", 100 * 2**20, 0.1), ("m2ist", 120 * 2**20, 0.12)):
+        write_json_atomic(profiles / f"{method}.json", profile_record(method, proxy, step))
+    return runs, profiles, tmp_path / "out"
+
+
+def test_main_table(folders):
+    runs, profiles, out = folders
+    ((heading, table, _),) = main_tables(read_folder(runs))
+    assert heading == "Synthetic data, preset tiny"
+    # full, frozen, the others a-z, m2ist last, each variant after its method
+    assert list(table["method"]) == ["full", "frozen", "adapter", "zeta", "m2ist", "m2ist [parallel]"]
+    rows = table.set_index("method")
+    assert rows.loc["full", "synthetic (RefCOCO-style) val"] == "80.00"  # the newer duplicate wins
+    assert rows.loc["full", "synthetic (RefCOCO-style) testB"] == "82.00"
+    assert rows.loc["full", "synthetic (RefCOCOg (umd)-style) test-u"] == "81.00"
+    assert rows.loc["m2ist", "synthetic (RefCOCO+-style) val"] == ""  # missing record
+    assert rows.loc["m2ist", "synthetic (ReferItGame-style) test"] == "79.00"
+    assert rows.loc["m2ist [parallel]", "synthetic (RefCOCO-style) val"] == "75.00"
+    assert rows.loc["m2ist [parallel]", "synthetic (ReferItGame-style) test"] == ""
+    assert (rows.loc["adapter"].drop(["tunable (M)", "tunable %"]) == "").all()  # failed run: empty
+    assert rows.loc["m2ist", "tunable (M)"] == "0.06" and rows.loc["frozen", "tunable %"] == "0.00"
+    assert not any("val-g" in c for c in table.columns)  # RefCOCOg google only when a record has it
+    assert not any(c.startswith("RefCOCO") for c in table.columns)  # never plain RefCOCO for synthetic data
+
+    build_tables(runs, profiles, out)
+    text = (out / "main.md").read_text()
+    assert "**SYNTHETIC DATA.**" in text and "not RefCOCO" in text
+    assert f"{COMMIT[:12]} (dirty)" in text and "newest record: 2026-11-20T10:00:00+00:00" in text
+    assert "preset(s): tiny" in text and "precision: fp32" in text and "CPU (x86_64" in text
+    assert "tunable = encoder-side" in text
+    assert f"harness table --runs {runs} --profiles {profiles} --out {out}" in text
+    assert "unc_adapter_tiny (failed)" in text
+    assert "| synthetic (RefCOCO-style) val |" in text.replace("   ", " ").replace("  ", " ")
+
+
+def test_real_data_keeps_plain_labels(tmp_path):
+    runs = tmp_path / "runs"
+    write_json_atomic(runs / "a.json", make_record("full", data="real"))
+    write_json_atomic(runs / "b.json", make_record("full", "gref", data="real"))
+    ((_, table, _),) = main_tables(read_folder(runs))
+    assert {"RefCOCO val", "RefCOCOg (google) val-g"} <= set(table.columns)
+    build_tables(runs, tmp_path / "none", tmp_path / "out")
+    assert "SYNTHETIC" not in (tmp_path / "out" / "main.md").read_text()
+
+
+def test_efficiency_table(folders):
+    runs, profiles, out = folders
+    groups = efficiency_tables(read_folder(profiles), read_folder(runs))
+    by_heading = {h: (t.set_index("method"), notes) for h, t, _, notes in groups}
+    cpu, notes = by_heading["preset tiny, CPU (x86_64, 2 cores, 2 threads), fp32, batch 2"]
+    # profile records are preferred over the run records of the same group
+    assert list(cpu.index) == ["full", "frozen", "zeta", "m2ist", "m2ist [parallel]"]
+    assert cpu.loc["full", "source"] == "profile" and cpu.loc["zeta", "source"] == "run unc_zeta_tiny"
+    assert cpu.loc["m2ist [parallel]", "source"] == "run unc_m2ist_tiny_parallel"
+    assert cpu.loc["frozen", "memory % of full"] == "25.0" and cpu.loc["full", "memory % of full"] == "100.0"
+    assert cpu.loc["frozen", "step % of full"] == "50.0" and cpu.loc["m2ist", "step (ms)"] == "120.0"
+    assert cpu.loc["m2ist", "epoch (min)"] == "2.0 (extrap.)" and cpu.loc["frozen", "epoch % of full"] == "50.0"
+    assert cpu.loc["full", "fwd GFLOPs (b=1)"] == "0.16" and cpu.loc["full", "fwd GMACs (b=1)"] == "0.08"
+    assert cpu.loc["zeta", "peak memory (GiB)"] == ""  # a CPU run record has no training-memory figure
+    assert any("CPU proxy" in n for n in notes)
+    gpu, _ = by_heading["preset tiny, NVIDIA H100 80GB HBM3, fp32, batch 64"]
+    assert gpu.loc["m2ist", "peak memory (GiB)"] == "15.000" and gpu.loc["m2ist", "memory % of full"] == ""
+
+    build_tables(runs, profiles, out)
+    text = (out / "efficiency.md").read_text()
+    assert "**SYNTHETIC DATA.**" in text and "GMACs" in text and "GFLOPs = 2 x GMACs" in text
+    assert "newest record: 2026-11-21T09:00:00+00:00" in text and COMMIT[:12] in text
+    assert text.count("\n## ") == 2
+
+
+def test_tradeoff_png(folders):
+    runs, profiles, out = folders
+    paths = build_tables(runs, profiles, out)
+    png = out / "tradeoff.png"
+    assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_missing_folders_give_empty_tables(tmp_path):
+    build_tables(tmp_path / "no_runs", tmp_path / "no_profiles", tmp_path / "out")
+    assert "no run records" in (tmp_path / "out" / "main.md").read_text()
+    assert (tmp_path / "out" / "tradeoff.png").exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"schema": 1, "kind": "run"})])
+def test_malformed_record_names_its_file(folders, content, capsys):
+    from harness.cli import main
+
+    runs, profiles, out = folders
+    bad = runs / "broken.json"
+    bad.write_text(content)
+    with pytest.raises(HarnessError, match="broken.json"):
+        build_tables(runs, profiles, out)
+    assert main(["table", "--runs", str(runs), "--profiles", str(profiles), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "broken.json" in err and "\n" not in err
+
+
+def test_cli_table(folders, capsys):
+    from harness.cli import main
+
+    runs, profiles, out = folders
+    assert main(["table", "--runs", str(runs), "--profiles", str(profiles), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"main.md", "efficiency.md", "tradeoff.png"}
+    assert "wrote" in capsys.readouterr().out
