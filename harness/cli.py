@@ -83,11 +83,21 @@ def _cmd_eval(args):
 def _cmd_profile(args):
     import json
 
-    from harness.profile import profile, summary
+    from harness.profile import loader_throughput, profile, summary
 
+    if args.loader:
+        out = loader_throughput(args.preset, args.dataset, args.data_root, args.num_workers,
+                                args.batch_size or 64, args.steps)
+        print(json.dumps(out, indent=2) if args.json else
+              f"loader ({out['data']} {args.dataset}, {out['image_size']} px, augmentation on, "
+              f"{out['num_workers']} workers): {out['samples_per_s']:.1f} samples/s over {out['batches']} batches")
+        return
+    if not args.method:
+        raise HarnessError("harness profile needs --method NAME (or --loader for the data loader alone)")
     record = profile(args.method, preset=args.preset, batch_size=args.batch_size, device=args.device, amp=args.amp,
                      dataset=args.dataset, train_size=args.train_size, data_root=args.data_root, steps=args.steps,
-                     warmup=args.warmup, output=args.output)
+                     warmup=args.warmup, output=args.output, optimize=False if args.no_optimize else None,
+                     frozen_chunk=args.frozen_chunk, flops=not args.no_flops)
     print(json.dumps(record, indent=2, sort_keys=True, default=str) if args.json else summary(record))
 
 
@@ -152,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profile", help="params, FLOPs, peak training memory and step time of one method "
                                           "on synthetic tensors at the preset's shapes; writes a profile record")
-    prof.add_argument("--method", required=True)
+    prof.add_argument("--method", default=None)
     prof.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
     prof.add_argument("--batch-size", type=int, default=None, help="training batch (default: the recipe's)")
     prof.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -163,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--steps", type=int, default=20, help="timed steps (median; >= 20 for reported figures)")
     prof.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps")
     prof.add_argument("--json", action="store_true", help="print the record instead of a summary")
+    prof.add_argument("--no-optimize", action="store_true",
+                      help="without the numerics-preserving speed-ups (BatchNorm folding, channels-last, cuDNN autotune)")
+    prof.add_argument("--frozen-chunk", type=int, default=None,
+                      help="run frozen (no-autograd) encoders in chunks of this many samples")
+    prof.add_argument("--no-flops", action="store_true", help="skip the FLOP counts (quick memory/time sweeps)")
+    prof.add_argument("--loader", action="store_true",
+                      help="measure the training data loader alone (samples/s at the preset's image size)")
+    prof.add_argument("--num-workers", type=int, default=8, help="data loader workers for --loader")
     prof.add_argument("--output", default="results/profile", help="folder for the profile record")
     prof.set_defaults(func=_cmd_profile)
 

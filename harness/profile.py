@@ -125,12 +125,13 @@ class _Trainer:
 
 def profile(method: str, preset: str = "tiny", batch_size: int | None = None, device: str = "auto",
             amp: bool = False, dataset: str = "unc", train_size: int | None = None, data_root=None,
-            steps: int = 20, warmup: int = 5, output="results/profile", seed: int = 13, write: bool = True) -> dict:
+            steps: int = 20, warmup: int = 5, output="results/profile", seed: int = 13, write: bool = True,
+            optimize: bool | None = None, frozen_chunk: int | None = None, flops: bool = True) -> dict:
     from datasets.catalog import get_spec
     from harness.flops import forward_flops, synthetic_batch, train_step_flops
     from harness.model import build_model, count_parameters
     from harness.recipe import build_recipe
-    from harness.train import resolve_device, seed_everything
+    from harness.train import prepare_runtime, resolve_device, seed_everything
     from methods import apply_method, build_method, method_defaults
 
     if steps < 1 or warmup < 0:
@@ -139,7 +140,8 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     spec = get_spec(dataset)
     meth = build_method(method)
     recipe = build_recipe(preset, dataset, method_defaults(method)["recipe"],
-                          {"batch_size": batch_size, "amp": amp or None})
+                          {"batch_size": batch_size, "amp": amp or None, "optimize": optimize,
+                           "frozen_chunk": frozen_chunk})
     if recipe.amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise HarnessError("--amp uses bf16 autocast, which this GPU does not support: drop --amp")
     bs, precision = recipe.batch_size, precision_name(recipe.amp)
@@ -149,11 +151,13 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     model = build_model(preset, max_query_len=spec.max_query_len)  # BERT vocabulary (30,522) by default
     apply_method(meth, model)
     params = count_parameters(model)
-    fwd = forward_flops(model)  # on CPU before the move: counts do not depend on the device
+    fwd = forward_flops(model) if flops else None  # on CPU before the move: counts do not depend on the device
+    prepare_runtime(model, recipe, dev)
     try:
         model.to(dev)
-        step_flops = train_step_flops(model, bs, amp=recipe.amp)
-        step_flops["counted_on"] = dev.type
+        step_flops = train_step_flops(model, bs, amp=recipe.amp) if flops else None
+        if step_flops:
+            step_flops["counted_on"] = dev.type
         if dev.type == "cuda":
             torch.cuda.empty_cache()  # drop the FLOP count's cached blocks; warm-up rebuilds the training cache
         groups = meth.param_groups(model, recipe.lr * recipe.lr_scale, recipe.lr_encoder * recipe.lr_scale)
@@ -197,10 +201,12 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     }
     env = records.environment(dev)
     env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
     env["torch_threads"] = torch.get_num_threads()
     name = record_name(method, preset, dev.type, precision, bs)
     identity = {"kind": "profile", "method": method, "method_config": asdict(meth.config), "preset": preset,
                 "dataset": dataset, "device": dev.type, "precision": precision, "batch_size": bs,
+                "optimize": recipe.optimize, "frozen_chunk": recipe.frozen_chunk,
                 "steps": steps, "warmup": warmup, "seed": seed}
     record = {
         "schema": records.SCHEMA_VERSION, "kind": "profile", "run_id": name, "method": method,
@@ -215,7 +221,7 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
                     "note": "random init: weights do not change the figures"},
         "env": env, "device": dev.type, "device_name": env["device_name"], "precision": precision,
         "batch_size": bs, "image_size": model.config.image_size, "params": params,
-        "flops": {"forward": fwd, "train_step": step_flops}, "memory": memory, "time": time_fig,
+        "flops": {"forward": fwd, "train_step": step_flops} if flops else {}, "memory": memory, "time": time_fig,
         "results": {}, "status": "ok", "error": None, "created_at": records.now(),
         "config_hash": records.config_hash(identity),
     }
@@ -232,13 +238,15 @@ def summary(record: dict) -> str:
            if m["device"] == "cuda" else f"{gb:.3f} GiB (CPU proxy: saved activations + params + grads + AdamW)")
     epoch = (f"{t['epoch_s'] / 60:.1f} min (extrapolated, {t['train_size']:,} samples)" if t["epoch_s"]
              else f"- ({t['train_size_source']})")
+    flops = (f"forward (batch 1): {f['forward']['gmacs']:.2f} GMACs = {f['forward']['gflops']:.2f} GFLOPs; "
+             f"training step (batch {record['batch_size']}): {f['train_step']['tflops']:.4f} TFLOPs"
+             if f else "FLOPs: not counted (--no-flops)")
     lines = [
         f"{record['method']} | preset {record['preset']} | {record['device_name']} | {record['precision']} | "
         f"batch {record['batch_size']} | {record['image_size']} px",
         f"params: tunable (encoder-side) {p['encoder_side_trainable'] / 1e6:.2f}M ({p['percent_encoder_side']:.2f}%)"
         f", all trainable {p['trainable'] / 1e6:.2f}M, total {p['total'] / 1e6:.2f}M",
-        f"forward (batch 1): {f['forward']['gmacs']:.2f} GMACs = {f['forward']['gflops']:.2f} GFLOPs; "
-        f"training step (batch {record['batch_size']}): {f['train_step']['tflops']:.4f} TFLOPs",
+        flops,
         f"memory: {mem}",
         f"step: median {t['median_step_s'] * 1000:.1f} ms over {t['timed_steps']} steps, "
         f"{t['samples_per_s']:.1f} samples/s; epoch: {epoch}",
@@ -246,3 +254,36 @@ def summary(record: dict) -> str:
     if record.get("path"):
         lines.append(f"record written to {record['path']}")
     return "\n".join(lines)
+
+
+def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=None, num_workers: int = 8,
+                      batch_size: int = 64, batches: int = 30, warmup: int = 3) -> dict:
+    """Samples/s the index loader delivers with training augmentation at the preset's image size (decoding,
+    augmentation, tokenisation, collation; no model), so it can be set against a method's samples/s."""
+    from torch.utils.data import DataLoader
+
+    from datasets.catalog import get_spec
+    from datasets.rec import RECDataset, collate
+    from datasets.tokenize import build_tokenizer
+    from harness.model import get_config
+    from harness.train import RunConfig, resolve_data
+
+    spec = get_spec(dataset)
+    paths, tok_source, kind, _ = resolve_data(RunConfig(method="frozen", dataset=dataset, data_root=data_root), 0)
+    image_size = get_config(preset).image_size
+    ds = RECDataset(paths, dataset, "train", build_tokenizer(tok_source), image_size, train=True,
+                    max_query_len=spec.max_query_len)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, collate_fn=collate,
+                        drop_last=True, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+    n, t0 = 0, None
+    while n < warmup + batches:
+        for _ in loader:
+            n += 1
+            if n == warmup:
+                t0 = time.perf_counter()
+            if n >= warmup + batches:
+                break
+    seconds = time.perf_counter() - t0
+    return {"samples_per_s": batches * batch_size / seconds, "batches": batches, "batch_size": batch_size,
+            "num_workers": num_workers, "image_size": image_size, "data": kind, "dataset": dataset,
+            "train_size": len(ds), "what": "training loader with augmentation, timed after warm-up batches"}

@@ -24,6 +24,11 @@ class Recipe:
     num_workers: int = 4
     eval_every: int = 1  # epochs between validations (best checkpoint is chosen on val, as TransVG)
     augment: bool = True
+    # Runtime settings that keep the numerics (up to float rounding): frozen BatchNorms folded into their
+    # convolutions, channels-last convolutions and cuDNN autotuning on CUDA (`optimize`), and frozen
+    # encoders run without autograd in chunks of this many samples (`frozen_chunk`; None = whole batch).
+    optimize: bool = True
+    frozen_chunk: int | None = None
 
 
 RECIPES = {
@@ -49,6 +54,8 @@ def build_recipe(preset: str, dataset: str, *overrides: dict) -> Recipe:
         recipe = replace(recipe, **layer)
     if recipe.epochs < 1 or recipe.batch_size < 1:
         raise HarnessError(f"impossible recipe: epochs={recipe.epochs}, batch_size={recipe.batch_size} (both must be >= 1)")
+    if recipe.frozen_chunk is not None and recipe.frozen_chunk < 1:
+        raise HarnessError(f"frozen_chunk must be >= 1 (or empty for the whole batch), got {recipe.frozen_chunk}")
     if recipe.max_steps is not None and recipe.max_steps < 1:
         raise HarnessError(f"--max-steps must be >= 1, got {recipe.max_steps}")
     return recipe

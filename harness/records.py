@@ -35,6 +35,11 @@ def config_hash(config: dict) -> str:
 
 
 def git_state(cwd=None) -> dict:
+    """Commit and dirty flag of the code that ran. Where the code travels without its .git folder (a copy of
+    the tree on a GPU machine), REC_BENCH_GIT_COMMIT / REC_BENCH_GIT_DIRTY set by the sender say it."""
+    if os.environ.get("REC_BENCH_GIT_COMMIT"):
+        return {"commit": os.environ["REC_BENCH_GIT_COMMIT"],
+                "dirty": os.environ.get("REC_BENCH_GIT_DIRTY", "1") != "0", "source": "environment"}
     cwd = cwd or Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,

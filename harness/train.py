@@ -100,6 +100,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
+    """The recipe's runtime settings (see Recipe.optimize / frozen_chunk), after the method is applied."""
+    if recipe.optimize:
+        model.optimize_for_training(channels_last=device.type == "cuda")
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest convolution once
+    model.frozen_chunk_size = recipe.frozen_chunk
+
+
+def vocab_size_for(preset: str, tokenizer) -> int:
+    """tiny sizes BERT's embedding to the tokenizer; paper keeps BERT-base's 30,522 rows (so the model and
+    its counts are TransVG's) unless the tokenizer is larger."""
+    from harness.model import PRESETS
+
+    return max(len(tokenizer), PRESETS[preset].language.vocab_size) if preset == "paper" else len(tokenizer)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -179,7 +196,7 @@ def run(cfg: RunConfig) -> dict:
             return previous
 
     seed_everything(recipe.seed)
-    model = build_model(cfg.preset, max_query_len=spec.max_query_len, vocab_size=len(tokenizer))
+    model = build_model(cfg.preset, max_query_len=spec.max_query_len, vocab_size=vocab_size_for(cfg.preset, tokenizer))
     load_reports = []
     if cfg.vision_weights:
         load_reports.append(load_vision_weights(model, cfg.vision_weights))
@@ -190,6 +207,7 @@ def run(cfg: RunConfig) -> dict:
             print(report.summary())
     apply_method(method, model)
     params = count_parameters(model)
+    prepare_runtime(model, recipe, device)
     model.to(device)
 
     train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, model.config.image_size, train=True,
@@ -208,7 +226,7 @@ def run(cfg: RunConfig) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     state = {"epoch": 0, "step": 0, "best": {"accuracy": -1.0, "epoch": None}, "history": [], "step_times": [],
-             "epoch_times": [], "train_seconds": 0.0}
+             "iteration_times": [], "epoch_times": []}
     last = run_dir / "last.pth"
     if not (cfg.resume and last.exists()):
         for stale in (last, run_dir / "best.pth"):  # a fresh run must never pick up an older run's files
@@ -280,6 +298,7 @@ def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, schedu
             loader.sampler.set_epoch(epoch)
         train_model.train()
         losses, t_epoch = [], time.perf_counter()
+        t_prev = t_epoch
         bar = tqdm(loader, desc=f"{cfg.run_id} epoch {epoch + 1}/{recipe.epochs}", disable=None if rank == 0 else True,
                    leave=False, dynamic_ncols=True)
         for batch in bar:
@@ -294,10 +313,12 @@ def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, schedu
                 torch.nn.utils.clip_grad_norm_(trainable, recipe.clip_max_norm)
             optimizer.step()
             value = loss["loss"].item()  # also synchronises the device before the clock is read
-            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            dt, t_iter, t_prev = t1 - t0, t1 - t_prev, t1
             state["step"] += 1
             if state["step"] > WARMUP_STEPS:
                 state["step_times"].append(dt)
+                state["iteration_times"].append(t_iter)
             elif state["step"] == WARMUP_STEPS and is_cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             losses.append(value)
@@ -347,12 +368,16 @@ def _memory_figures(device, state) -> dict:
 
 
 def _time_figures(state, recipe: Recipe, train_size: int) -> dict:
-    times = state["step_times"]
+    times, iterations = state["step_times"], state["iteration_times"]
     median = statistics.median(times) if times else None
+    median_iteration = statistics.median(iterations) if iterations else None
     full_epochs = [t for t in state["epoch_times"]] if recipe.max_steps is None else []
     return {
         "median_step_s": median, "timed_steps": len(times), "warmup_steps": WARMUP_STEPS,
-        "samples_per_s": recipe.batch_size / median if median else None,
+        "median_iteration_s": median_iteration,
+        "what": "step = batch on the device to optimizer step done (synchronised by loss.item()); iteration = "
+                "the same plus waiting for the data loader, i.e. what a training step costs through the harness",
+        "samples_per_s": recipe.batch_size / median_iteration if median_iteration else None,
         "epoch_s": statistics.median(full_epochs) if full_epochs else None,
         "epoch_s_how": "measured (median over epochs, data loading included)" if full_epochs else None,
         "train_seconds": sum(state["epoch_times"]), "train_size": train_size,
@@ -394,8 +419,9 @@ def evaluate_checkpoint(path, dataset: str, data_root=None, split_root=None, ima
     if len(tokenizer) != model.config.language.vocab_size:
         raise HarnessError(f"the tokenizer {tok_source} has {len(tokenizer)} entries but the checkpoint's model "
                            f"was trained with {model.config.language.vocab_size}: pass the same tokenizer")
-    model.to(device)
     recipe = Recipe(num_workers=0)
+    prepare_runtime(model, recipe, device)
+    model.to(device)
     out = {}
     for split in splits or spec.eval_splits:
         ds = RECDataset(paths, dataset, split, tokenizer, model.config.image_size, train=False,

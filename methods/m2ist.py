@@ -177,6 +177,10 @@ class M3ISA(nn.Module):
                 nn.init.ones_(a.norm.weight)
                 nn.init.zeros_(a.norm.bias)
 
+    @property
+    def tap_names(self) -> dict:
+        return {"vision": {"attn", "ffn"}, "language": {self.h1_tap, "ffn"}}
+
     def forward(self, vis, txt):
         """(vision_delta, language_delta) from the frozen encoders' taps (side form)."""
         if vis.taps is None or txt.taps is None:

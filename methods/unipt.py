@@ -84,6 +84,8 @@ class UniPTBranch(nn.Module):
 class UniPTSide(nn.Module):
     """The model's side seam: side(vision_out, language_out) -> (vision delta, language delta)."""
 
+    tap_names = {"vision": {"out"}, "language": {"out"}}  # layer outputs only (inputs come with the branch)
+
     def __init__(self, vision: UniPTBranch, language: UniPTBranch):
         super().__init__()
         self.vision = vision

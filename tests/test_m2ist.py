@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+
+from harness.model.transformer import TAP_NAMES
 import torch.nn.functional as F
 
 import methods
@@ -248,7 +250,7 @@ def test_forward_matches_hand_computation(double_layernorm):
         torch.testing.assert_close(seen["deltas"][0], dv)
         torch.testing.assert_close(seen["deltas"][1], dt)
         torch.testing.assert_close(out, manual_head(model, vis.features + dv, txt.features + dt, vis.mask, txt.mask))
-        model.frozen_chunk_size = 1  # the chunked no-grad path gives the same numbers (taps concatenated)
+        model.frozen_chunk_size = 1  # the chunked no-grad path gives the same numbers (side run per chunk)
         torch.testing.assert_close(model(image, image_mask, word_ids, word_mask), out)
 
 
@@ -256,7 +258,9 @@ def test_double_layernorm_changes_the_frozen_main_path_exactly():
     single, double = m2ist_model(seed=0), m2ist_model(seed=0, double_layernorm=True)
     s_seen, d_seen = capture_side(single), capture_side(double)
     batch = random_batch(single)[:4]
+    every_tap = {"vision": set(TAP_NAMES), "language": set(TAP_NAMES) | {H1_TAP}}
     for model in (single, double):
+        model.tap_names = lambda: every_tap  # record all taps, not only those the side network reads
         model.eval()
         with torch.no_grad():
             model(*batch)

@@ -134,6 +134,62 @@ def test_no_autograd_switch_keeps_no_encoder_graph_and_chunks_agree():
     assert torch.allclose(model(*batch), whole, atol=1e-6)
 
 
+def test_side_network_reads_only_the_taps_it_asks_for_and_chunks_agree():
+    model = tiny_model().eval()
+    model.set_trainable(("vision", "language"), False)
+    model.encoders_need_grad = False
+    batch = random_batch(model, 3)[:4]
+    seen = []
+
+    class Side(torch.nn.Module):
+        tap_names = {"vision": {"ffn"}, "language": {"attn_out"}}
+
+        def __init__(self):
+            super().__init__()
+            self.v = torch.nn.Linear(model.config.vision.d_model, model.config.vision.d_model)
+
+        def forward(self, vis, txt):
+            seen.append((len(vis.features), {k for t in vis.taps for k in t}, {k for t in txt.taps for k in t}))
+            return sum(self.v(t["ffn"]) for t in vis.taps), sum(t["attn_out"] for t in txt.taps)
+
+    model.side = Side()
+    whole = model(*batch)
+    assert seen == [(3, {"ffn"}, {"attn_out"})]
+    model.frozen_chunk_size = 2
+    assert torch.allclose(model(*batch), whole, atol=1e-6)
+    assert [n for n, *_ in seen[1:]] == [2, 1]  # the side network ran once per chunk
+
+
+def test_folded_batchnorm_is_the_same_function_and_keeps_the_state_dict():
+    model = tiny_model()
+    with torch.no_grad():  # non-trivial frozen statistics
+        for name, buf in model.named_buffers():
+            if "running_var" in name:
+                buf.uniform_(0.5, 2.0)
+            elif "running_mean" in name or name.endswith((".bn1.bias", ".bn2.bias", ".bn3.bias")):
+                buf.normal_(0, 0.1)
+    model.eval()
+    batch = random_batch(model)[:4]
+    before, keys = model(*batch), list(model.state_dict())
+    model.optimize_for_training()
+    assert not any(type(m).__name__ == "FrozenBatchNorm2d" for m in model.modules())
+    assert list(model.state_dict()) == keys
+    assert torch.allclose(model(*batch), before, atol=1e-5)
+    # loading a state dict after folding is honoured (the fold is recomputed from the buffers)
+    other = tiny_model(seed=3).eval()
+    model.load_state_dict(other.state_dict())
+    assert torch.allclose(model(*batch), other(*batch), atol=1e-5)
+    # a trainable folded convolution gets the gradient of the unfolded one
+    reference = tiny_model(seed=3).eval()
+    for m in (model, reference):
+        m.set_trainable("vision", True)
+        m.zero_grad()
+        m(*batch).sum().backward()
+    w = "visumodel.backbone.layer2.0.conv1.weight"
+    grads = {id(m): dict(m.named_parameters())[w].grad for m in (model, reference)}
+    assert torch.allclose(grads[id(model)], grads[id(reference)], atol=1e-5, rtol=1e-4)
+
+
 def test_eager_attention_is_numerically_the_same():
     model = tiny_model().eval()
     batch = random_batch(model)[:4]

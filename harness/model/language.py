@@ -76,8 +76,9 @@ class LanguageBranch(nn.Module):
     def set_eager_attention(self, eager: bool):
         self.bert.set_attn_implementation("eager" if eager else "sdpa")
 
-    def forward(self, word_ids, word_mask, record_taps: bool = False) -> BranchOutput:
-        taps = [dict() for _ in self.layers] if record_taps else None
+    def forward(self, word_ids, word_mask, tap_names=None) -> BranchOutput:
+        """`tap_names`: the taps to record per layer (None: none)."""
+        taps = [dict() for _ in self.layers] if tap_names is not None else None
         for i, layer in enumerate(self.layers):
             layer.attention.output.sink = layer.output.sink = taps[i] if taps else None
         first = taps[0] if taps else {}
@@ -87,4 +88,7 @@ class LanguageBranch(nn.Module):
         finally:
             for layer in self.layers:
                 layer.attention.output.sink = layer.output.sink = None
-        return BranchOutput(hidden, ~word_mask.to(torch.bool), first["x"], taps)
+        inputs = first["x"]
+        if taps is not None:
+            taps = [{k: v for k, v in t.items() if k in tap_names} for t in taps]
+        return BranchOutput(hidden, ~word_mask.to(torch.bool), inputs, taps)

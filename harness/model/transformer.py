@@ -4,7 +4,8 @@ Parameter names follow DETR (`self_attn`, `linear1`, `linear2`, `norm1`, `norm2`
 checkpoints map onto it key for key. Each layer carries the two seams methods use:
 - adapter slots `attn_adapter` / `ffn_adapter`: a module f(H, X) -> H' applied to a sub-layer's output H
   (X = the sub-layer's input) before the residual add and LayerNorm (Adapter, VL-PET, sequential forms);
-- taps: when a list is passed, the layer appends {x, attn, attn_out, ffn, out} for side networks.
+- taps: when a `Taps` list is passed, the layer appends the requested ones of {x, attn, attn_out, ffn,
+  out} for side networks.
 """
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ from torch import nn
 
 # Names of the per-layer taps, shared with the language branch.
 TAP_NAMES = ("x", "attn", "attn_out", "ffn", "out")
+
+
+class Taps(list):
+    """One dict per layer holding the requested taps only: a side network that reads two of the five keeps
+    the other three out of memory (at 640 px a vision tap is 400 tokens x 256 per sample)."""
+
+    def __init__(self, names=TAP_NAMES):
+        super().__init__()
+        self.names = frozenset(names)
+
+    def add(self, **tensors):
+        self.append({k: v for k, v in tensors.items() if k in self.names})
 
 
 class EncoderLayer(nn.Module):
@@ -33,7 +46,7 @@ class EncoderLayer(nn.Module):
         # fused kernel, so FLOP counters see the attention matmuls (profiling only).
         self.eager_attention = False
 
-    def forward(self, src, pos, key_padding_mask, taps: list | None = None):
+    def forward(self, src, pos, key_padding_mask, taps: Taps | None = None):
         q = k = src + pos
         attn = self.self_attn(q, k, src, key_padding_mask=key_padding_mask,
                               need_weights=self.eager_attention, average_attn_weights=False)[0]
@@ -43,7 +56,7 @@ class EncoderLayer(nn.Module):
         f = ffn if self.ffn_adapter is None else self.ffn_adapter(ffn, x1)
         out = self.norm2(x1 + self.dropout2(f))
         if taps is not None:
-            taps.append({"x": src, "attn": attn, "attn_out": x1, "ffn": ffn, "out": out})
+            taps.add(x=src, attn=attn, attn_out=x1, ffn=ffn, out=out)
         return out
 
 
@@ -57,7 +70,7 @@ class Encoder(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src, pos, key_padding_mask, taps: list | None = None):
+    def forward(self, src, pos, key_padding_mask, taps: Taps | None = None):
         for layer in self.layers:
             src = layer(src, pos, key_padding_mask, taps)
         return src

@@ -14,8 +14,8 @@ from torch import nn
 
 from harness.model.config import ModelConfig
 from harness.model.language import LanguageBranch
-from harness.model.transformer import MLP, Encoder
-from harness.model.vision import NEVER_TRAINED_PREFIXES, BranchOutput, VisionBranch
+from harness.model.transformer import MLP, TAP_NAMES, Encoder
+from harness.model.vision import NEVER_TRAINED_PREFIXES, VisionBranch
 
 # Parameter-name prefixes of each component. Everything a method adds inside an encoder or as a side
 # network counts as encoder-side (what REC PETL papers call tunable backbone parameters).
@@ -76,41 +76,58 @@ class TransVG(nn.Module):
             layer.eager_attention = eager
         self.textmodel.set_eager_attention(eager)
 
+    def optimize_for_training(self, channels_last: bool = False) -> None:
+        """Speed-ups that keep the function (up to float rounding): fold the frozen BatchNorms into their
+        convolutions (also removes bf16 autocast's promotion of activations to fp32 by the fp32 BN buffers),
+        and optionally channels-last convolutions (faster on GPUs). State dicts are unchanged."""
+        self.visumodel.fold_batchnorm()
+        self.visumodel.channels_last = channels_last
+        if channels_last:
+            self.visumodel.backbone.to(memory_format=torch.channels_last)
+
     # ---- forward -----------------------------------------------------------------------------
+    def tap_names(self) -> dict:
+        """Taps to record per branch: what the side network asks for (its `tap_names`), all of them if it
+        does not say, none without a side network."""
+        if self.side is None:
+            return {"vision": None, "language": None}
+        wanted = getattr(self.side, "tap_names", None) or {}
+        return {b: set(wanted.get(b, TAP_NAMES)) for b in ("vision", "language")}
+
     def encode(self, image, image_mask, word_ids, word_mask):
-        record = self.side is not None
-        if self.encoders_need_grad:
-            return (self.visumodel(image, image_mask, record), self.textmodel(word_ids, word_mask, record))
-        with torch.no_grad():
-            chunk = self.frozen_chunk_size or image.shape[0]
-            parts = [(self.visumodel(image[i:i + chunk], image_mask[i:i + chunk], record),
-                      self.textmodel(word_ids[i:i + chunk], word_mask[i:i + chunk], record))
-                     for i in range(0, image.shape[0], chunk)]
+        """Both branches' outputs, under torch.no_grad() when the encoders need no autograd."""
+        names = self.tap_names()
+        with nullcontext() if self.encoders_need_grad else torch.no_grad():
+            return (self.visumodel(image, image_mask, names["vision"]),
+                    self.textmodel(word_ids, word_mask, names["language"]))
+
+    def branch_features(self, image, image_mask, word_ids, word_mask):
+        """(vision features, vision mask, text features, text mask) after the side path. Frozen encoders can
+        run in chunks of `frozen_chunk_size` samples, the side network on each chunk's taps, so no more than
+        one chunk's frozen activations and taps exist at a time (every computation here is per sample)."""
+        chunk = len(image) if self.encoders_need_grad or not self.frozen_chunk_size else self.frozen_chunk_size
+        parts = []
+        for i in range(0, len(image), chunk):
+            vis, txt = self.encode(image[i:i + chunk], image_mask[i:i + chunk], word_ids[i:i + chunk],
+                                   word_mask[i:i + chunk])
+            v_feat, t_feat = vis.features, txt.features
+            if self.side is not None:
+                v_delta, t_delta = self.side(vis, txt)
+                if v_delta is not None:
+                    v_feat = v_feat + v_delta
+                if t_delta is not None:
+                    t_feat = t_feat + t_delta
+            parts.append((v_feat, vis.mask, t_feat, txt.mask))
         if len(parts) == 1:
             return parts[0]
-        return _cat_branch([p[0] for p in parts]), _cat_branch([p[1] for p in parts])
+        return tuple(torch.cat(p) for p in zip(*parts))
 
     def forward(self, image, image_mask, word_ids, word_mask):
-        vis, txt = self.encode(image, image_mask, word_ids, word_mask)
-        v_feat, t_feat = vis.features, txt.features
-        if self.side is not None:
-            v_delta, t_delta = self.side(vis, txt)
-            if v_delta is not None:
-                v_feat = v_feat + v_delta
-            if t_delta is not None:
-                t_feat = t_feat + t_delta
+        v_feat, v_mask, t_feat, t_mask = self.branch_features(image, image_mask, word_ids, word_mask)
         bsz = image.shape[0]
         tokens = torch.cat([self.reg_token.weight.expand(bsz, -1, -1), self.text_proj(t_feat),
                             self.visu_proj(v_feat)], dim=1)
-        mask = torch.cat([torch.zeros(bsz, 1, dtype=torch.bool, device=tokens.device), txt.mask, vis.mask], dim=1)
+        mask = torch.cat([torch.zeros(bsz, 1, dtype=torch.bool, device=tokens.device), t_mask, v_mask], dim=1)
         pos = self.vl_pos_embed.weight.unsqueeze(0).expand(bsz, -1, -1)
         hs = self.vl_transformer(tokens, pos, mask)
         return self.bbox_embed(hs[:, 0]).sigmoid()
-
-
-def _cat_branch(outs):
-    taps = None
-    if outs[0].taps is not None:
-        taps = [{k: torch.cat([o.taps[i][k] for o in outs]) for k in outs[0].taps[i]} for i in range(len(outs[0].taps))]
-    return BranchOutput(torch.cat([o.features for o in outs]), torch.cat([o.mask for o in outs]),
-                        torch.cat([o.inputs for o in outs]), taps)
