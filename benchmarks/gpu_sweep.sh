@@ -13,12 +13,12 @@ for amp in "" --amp; do
     for m in full frozen m2ist; do p --method $m $amp --no-optimize; done
     echo "## after"
     p --method full $amp
-    for m in frozen m2ist; do for c in 0 32 16 8; do
+    for m in frozen m2ist; do for c in 0 16 8; do
         echo "# chunk $c"; if [ "$c" = 0 ]; then p --method $m $amp; else p --method $m $amp --frozen-chunk $c; fi
     done; done
 done
 echo "### data loader (training augmentation, 640 px)"
-for w in 8 15; do harness profile --loader --preset paper --num-workers $w --steps 20 --batch-size 64; done
+for w in 15; do harness profile --loader --preset paper --num-workers $w --steps 20 --batch-size 64; done
 echo "### harness overhead: full through \`harness run\` (data, hooks, logging) vs the bare loop above"
 harness run --method full --dataset unc --preset paper --device cuda --epochs 1 --max-steps 30 --num-workers 15 \
     --output "$out/runs" --work-dir "$out/work" | grep -v "^unc_full" || true
