@@ -3,7 +3,7 @@
 # all five dataset names, then the tables. Runs whose record matches their configuration are skipped and
 # interrupted runs resume, so rerunning after a stop finishes the job; --force redoes everything.
 #   ./run_all.sh [--force]
-#   ./run_all.sh --efficiency [--force]                 paper-preset profiles on CUDA, batch 64, fp32 + bf16
+#   ./run_all.sh --efficiency                           paper-preset profiles on CUDA, batch 64, fp32 + bf16
 #   ./run_all.sh --paper --data-root DIR --weights DIR  real data, paper recipe; DIR of weights holds
 #                                                       detr-r50-{unc,gref,referit}.pth and bert-base-uncased/
 set -euo pipefail
@@ -46,11 +46,12 @@ case "$mode" in
         runs tiny --device cpu
         ;;
     efficiency)
-        for m in $methods; do
-            for precision in fp32 bf16; do
+        # FLOPs do not depend on the precision: counted once, in the fp32 profiles
+        for precision in fp32 bf16; do
+            for m in $methods; do
                 echo "== profile $m ($precision) =="
-                amp=(); [ "$precision" = bf16 ] && amp=(--amp)
-                harness profile --method "$m" --preset paper --batch-size 64 --device cuda "${amp[@]}" \
+                extra=(); [ "$precision" = bf16 ] && extra=(--amp --no-flops)
+                harness profile --method "$m" --preset paper --batch-size 64 --device cuda "${extra[@]}" \
                     --dataset unc --train-size 120624
             done
         done

@@ -30,6 +30,7 @@ from datasets.tokenize import build_tokenizer
 from harness import records
 from harness.errors import HarnessError
 from harness.evaluate import evaluate
+from harness.flops import forward_flops, train_step_flops
 from harness.losses import rec_loss
 from harness.model import build_model, count_parameters
 from harness.model.weights import load_language_weights, load_vision_weights
@@ -208,7 +209,10 @@ def run(cfg: RunConfig) -> dict:
     apply_method(method, model)
     params = count_parameters(model)
     prepare_runtime(model, recipe, device)
+    flops = {"forward": forward_flops(model)} if rank == 0 else {}  # counted on CPU: device-independent
     model.to(device)
+    if rank == 0:
+        flops["train_step"] = train_step_flops(model, recipe.batch_size, amp=recipe.amp)
 
     train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, model.config.image_size, train=True,
                            augment=recipe.augment, max_query_len=spec.max_query_len)
@@ -274,7 +278,7 @@ def run(cfg: RunConfig) -> dict:
                     "pretrained": bool(cfg.vision_weights or cfg.language_weights),
                     "loaded": [r.summary() for r in load_reports]},
         "env": records.environment(device), "world_size": world, "params": params,
-        "flops": {}, "memory": _memory_figures(device, state), "time": _time_figures(state, recipe, len(train_set)),
+        "flops": flops, "memory": _memory_figures(device, state), "time": _time_figures(state, recipe, len(train_set)),
         "results": results, "train": {k: state[k] for k in ("epoch", "step", "best", "history")},
         "status": status, "error": error, "created_at": records.now(),
     }

@@ -2,6 +2,15 @@
 # install the project (editable, with the test extra) into it. Reinstalls when pyproject.toml changes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ "${REC_BENCH_NO_INSTALL:-0}" = 1 ]; then
+    # an environment prepared by hand (e.g. a GPU machine without internet): use python3 and `harness` as found
+    PY="$(command -v python3)"
+    "$PY" -c "import harness, methods, datasets.catalog" \
+        || { echo "error: REC_BENCH_NO_INSTALL=1 but the project does not import; put it on PYTHONPATH" >&2; exit 2; }
+    command -v harness >/dev/null || { echo "error: no harness command on PATH (pip install -e . --no-deps)" >&2; exit 2; }
+    export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+    return 0
+fi
 if [ -n "${VIRTUAL_ENV:-}" ]; then
     PY="$VIRTUAL_ENV/bin/python"
 else
