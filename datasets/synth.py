@@ -52,6 +52,12 @@ FLAVOURS = {
 }
 
 
+def vocab_tokens() -> list[str]:
+    """The lines of vocab.txt: special tokens first ([PAD] = 0), then every word of the synthetic grammar and of
+    the source captions (shared with the pretrained tiny encoders, see harness/pretrain.py)."""
+    return [*SPECIAL_TOKENS, *vocabulary()]
+
+
 def _image_file(name: str, image_id: int) -> str:
     return f"{image_id}.jpg" if name == "referit" else f"COCO_train2014_{image_id:012d}.jpg"
 
@@ -138,7 +144,7 @@ def generate(root, seed: int = 13, images: int | None = None) -> str:
     root, start = Path(root), time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     results = {name: _write_name(root, name, seed, images) for name in FLAVOURS}
-    (root / "vocab.txt").write_text("\n".join([*SPECIAL_TOKENS, *vocabulary()]) + "\n")
+    (root / "vocab.txt").write_text("\n".join(vocab_tokens()) + "\n")
     scenes = {"seed": seed, "images_per_name": images, "box_format": "xyxy",
               "datasets": {name: result["scenes"] for name, result in results.items()}}
     (root / "scenes.json").write_text(json.dumps(scenes, indent=1, sort_keys=True))

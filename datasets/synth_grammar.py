@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, replace
 
 from datasets.synth_scenes import COLOURS, SHAPES, SIDES, Obj
+from datasets.synth_source import SOURCE_WORDS
 
 POSITIONS = ("left", "right", "top", "bottom", "middle")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -49,7 +50,9 @@ class Desc:
 
 
 def vocabulary() -> list[str]:
-    words = set(SHAPES) | set(COLOURS) | set(SIDES) | set(POSITIONS)
+    """Every word of the referring expressions, plus the source captions' own words (synth_source): the
+    encoders pretrained on the source task and the REC sets then share one vocab.txt, so token ids agree."""
+    words = set(SHAPES) | set(COLOURS) | set(SIDES) | set(POSITIONS) | set(SOURCE_WORDS)
     phrases = [*_PLACE.values(), *(p for group in (*_RELATION_WORDS.values(), *_TEMPLATES.values()) for p in group)]
     for phrase in phrases:
         words |= set(re.sub(r"\{\w+\}", " ", phrase).split())

@@ -17,9 +17,12 @@ COLOURS = {
     "yellow": (240, 200, 30),
     "purple": (140, 60, 185),
 }
-# Side lengths far apart so "small"/"big" stay obvious after letterboxing to ~160 px (x2/3 for 240 px canvases).
-SIDES = {"small": (24, 30), "big": (44, 54)}
+# Side lengths far apart so "small"/"big" stay obvious after letterboxing (x2/3 at 240 px canvases, 160 px
+# input). Objects are large relative to the canvas, as RefCOCO targets are (a big one spans about a third of
+# the long side), so that the tiny preset's 5 x 5 visual tokens can localise them.
+SIDES = {"small": (36, 46), "big": (64, 80)}
 CANVASES = ((240, 180), (180, 240), (224, 168), (168, 224), (240, 160), (160, 240), (208, 176), (176, 208))
+OBJECTS = (3, 5)  # objects per scene, inclusive
 MARGIN = 4  # keeps outlines off the image border
 GAP = 6  # minimum empty space between two objects' boxes
 
@@ -40,10 +43,10 @@ class Scene:
 
 
 def sample_scene(rng: random.Random, focus_shapes=SHAPES) -> Scene | None:
-    """3-6 objects: one of `focus_shapes`, a same-shape other-colour distractor, often an exact duplicate that
+    """OBJECTS objects: one of `focus_shapes`, a same-shape other-colour distractor, often an exact duplicate that
     only position tells apart, the rest random; positions uniform. None when the objects do not fit."""
     width, height = rng.choice(CANVASES)
-    count = rng.randint(3, 6)
+    count = rng.randint(*OBJECTS)
     shape, colour = rng.choice(focus_shapes), rng.choice(list(COLOURS))
     attrs = [(shape, colour, rng.choice(list(SIDES))),
              (shape, rng.choice([c for c in COLOURS if c != colour]), rng.choice(list(SIDES)))]
@@ -78,11 +81,15 @@ def render(scene: Scene, rng: np.random.Generator) -> Image.Image:
     blotches = np.asarray(coarse.resize((scene.width, scene.height), Image.BILINEAR), dtype=np.float32)
     grain = rng.normal(0.0, 4.0, size=(scene.height, scene.width, 1))
     pixels = base + (blotches[..., None] - 128.0) * 0.12 + grain
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return draw_objects(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), scene.objects)
+
+
+def draw_objects(image: Image.Image, objects, fills=None) -> Image.Image:
+    """Draw each object's shape spanning its box, in its colour (or `fills[i]`, an RGB tuple), outlined."""
     draw = ImageDraw.Draw(image)
-    for obj in scene.objects:
+    for i, obj in enumerate(objects):
         x1, y1, x2, y2 = obj.box
-        fill, outline = COLOURS[obj.colour], (40, 40, 40)
+        fill, outline = (fills[i] if fills else COLOURS[obj.colour]), (40, 40, 40)
         if obj.shape == "circle":
             draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=fill, outline=outline, width=2)
         elif obj.shape == "square":

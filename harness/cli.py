@@ -101,6 +101,12 @@ def _cmd_profile(args):
     print(json.dumps(record, indent=2, sort_keys=True, default=str) if args.json else summary(record))
 
 
+def _cmd_pretrain(args):
+    from harness.pretrain import cli
+
+    cli(args)
+
+
 def _cmd_table(args):
     from harness.tables import build_tables
 
@@ -183,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--num-workers", type=int, default=8, help="data loader workers for --loader")
     prof.add_argument("--output", default="results/profile", help="folder for the profile record")
     prof.set_defaults(func=_cmd_profile)
+
+    pre = sub.add_parser("pretrain", help="pretrain the tiny encoders on a synthetic source task (a stand-in for "
+                                          "DETR/BERT pretraining) and save them as DETR vision.pth + HF BERT folder")
+    pre.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    pre.add_argument("--out", default=None, help="output folder (default: the cache, keyed by preset, seed and config)")
+    pre.add_argument("--seed", type=int, default=13)
+    pre.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    pre.add_argument("--force", action="store_true", help="pretrain again even if the folder is complete")
+    pre.add_argument("--path-only", action="store_true",
+                     help="print only the output folder on stdout (progress goes to stderr); for scripts")
+    pre.add_argument("--vision-steps", type=int, default=None, help=argparse.SUPPRESS)  # small runs (tests)
+    pre.add_argument("--text-steps", type=int, default=None, help=argparse.SUPPRESS)
+    pre.add_argument("--images", type=int, default=None, help=argparse.SUPPRESS)
+    pre.add_argument("--captions", type=int, default=None, help=argparse.SUPPRESS)
+    pre.set_defaults(func=_cmd_pretrain)
 
     table = sub.add_parser("table", help="regenerate results/main.md, efficiency.md and tradeoff.png from records")
     table.add_argument("--runs", default="results/runs", help="folder of run records")
