@@ -44,6 +44,11 @@ extra_for() { :; }
 case "$mode" in
     default)
         runs tiny --device cpu
+        # the same preset's memory and time on this CPU, for the efficiency table and the trade-off plot
+        for m in $methods; do
+            echo "== profile $m (tiny, cpu) =="
+            harness profile --method "$m" --preset tiny --device cpu | tail -n 3
+        done
         ;;
     efficiency)
         # FLOPs do not depend on the precision: counted once, in the fp32 profiles
