@@ -162,10 +162,6 @@ def save_atomic(obj, path: Path) -> None:
         raise
 
 
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
 # ---- the run ------------------------------------------------------------------------------------
 def run(cfg: RunConfig) -> dict:
     rank, world = init_distributed()
@@ -181,7 +177,8 @@ def run(cfg: RunConfig) -> dict:
     identity = {
         "method": cfg.method, "method_config": asdict(method.config), "dataset": cfg.dataset, "preset": cfg.preset,
         "recipe": asdict(recipe), "data": data_kind, "data_desc": data_desc,
-        "tokenizer": tok_source if data_kind == "real" else "synthetic vocab.txt", "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights}, "world_size": world,
+        "tokenizer": tok_source if data_kind == "real" else "synthetic vocab.txt",
+        "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights}, "world_size": world,
     }
     chash = records.config_hash(identity)
     run_dir = Path(cfg.work_dir) / cfg.run_id
@@ -197,7 +194,8 @@ def run(cfg: RunConfig) -> dict:
             return previous
 
     seed_everything(recipe.seed)
-    model = build_model(cfg.preset, max_query_len=spec.max_query_len, vocab_size=vocab_size_for(cfg.preset, tokenizer))
+    model = build_model(cfg.preset, max_query_len=spec.max_query_len,
+                        vocab_size=vocab_size_for(cfg.preset, tokenizer))
     load_reports = []
     if cfg.vision_weights:
         load_reports.append(load_vision_weights(model, cfg.vision_weights))
@@ -252,7 +250,6 @@ def run(cfg: RunConfig) -> dict:
             "data_desc": data_desc}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    status, error = "ok", None
     try:
         _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, scheduler, recipe, state, device,
                     rank, world, run_dir, chash, meta)
@@ -280,7 +277,7 @@ def run(cfg: RunConfig) -> dict:
         "env": records.environment(device), "world_size": world, "params": params,
         "flops": flops, "memory": _memory_figures(device, state), "time": _time_figures(state, recipe, len(train_set)),
         "results": results, "train": {k: state[k] for k in ("epoch", "step", "best", "history")},
-        "status": status, "error": error, "created_at": records.now(),
+        "status": "ok", "error": None, "created_at": records.now(),
     }
     if rank == 0:
         path = records.write_json_atomic(Path(cfg.output) / f"{cfg.run_id}.json", record)
