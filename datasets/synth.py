@@ -28,7 +28,7 @@ from datasets.errors import DataError
 from datasets.synth_grammar import describe, elaborate, parse, resolve, sentences, vocabulary
 from datasets.synth_scenes import PERSON_SHAPE, SHAPES, render, sample_scene
 
-DEFAULT_IMAGES = 240  # per name; unc train then has about 1,000 expressions
+DEFAULT_IMAGES = 1000  # per name; unc train then has about 4,000 expressions
 MIN_IMAGES = 5  # one image for each of unc's four splits, and enough refs for a gref val split
 MAX_IMAGES = 99_999  # the COCO names share one image folder and take disjoint blocks of 100,000 ids
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")

@@ -12,7 +12,7 @@ Source task, and why:
 - vision = dense detection on another scene distribution (square canvases, 4-7 objects of any shape/colour,
   continuous sizes, jittered colours, gradient-and-stripe backgrounds; every object labelled, none referred).
   Each visual token of the DETR encoder output predicts whether an object's centre falls in its cell, that
-  object's shape and colour, and its box (centre offset in the cell, width and height). DETR's own
+  object's shape and colour, and its box (normalised cx, cy, w, h in the padded image, REC's output frame). DETR's own
   pretraining is detection, and a detector's tokens are what a REC fusion needs: what is where. As in
   ImageNet-then-DETR, the ResNet (stem and layer1 included, which REC never trains) trains with ordinary
   BatchNorm, whose statistics are then exported into the FrozenBatchNorm2d buffers; the 1x1 input projection
@@ -69,6 +69,7 @@ class PretrainConfig:
     text_batch: int = 64
     text_lr: float = 2e-3
     mask_prob: float = 0.15
+    predict_all: bool = True  # MLM loss on every real token, not only on the masked ones (see _mask_tokens)
     max_len: int = 24
     warmup: float = 0.05  # fraction of steps with a linear warm-up; cosine decay to zero after it
 
@@ -215,7 +216,8 @@ def _normalise(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def cell_targets(objects: list, flips: list, image_size: int, stride: int = 32) -> dict:
     """Per visual token: objectness (an object's centre is in the cell; the larger wins a shared cell), and that
-    object's shape, colour and box (centre offset in cell units, width and height over the image size)."""
+    object's shape, colour and box (cx, cy, w, h over the image size: the frame REC predicts in, so the token
+    itself says where its object is)."""
     g = image_size // stride
     n = len(objects)
     obj = torch.zeros(n, g * g)
@@ -233,21 +235,22 @@ def cell_targets(objects: list, flips: list, image_size: int, stride: int = 32) 
             if w * h > area[b, k]:
                 area[b, k] = w * h
                 obj[b, k], shape[b, k], colour[b, k] = 1.0, int(s), int(c)
-                box[b, k] = torch.tensor([cx / stride - j, cy / stride - i, w / image_size, h / image_size])
+                box[b, k] = torch.tensor([cx, cy, w, h]) / image_size
     return {"obj": obj, "shape": shape, "colour": colour, "box": box}
 
 
 class DetectionHead(nn.Module):
-    """Per-token objectness (1), shape (5), colour (5) and box (4) from the DETR encoder output."""
+    """Per-token objectness (1), shape (5), colour (5) and box (4) from the DETR encoder output, by ONE linear
+    layer: the attributes and the box must then be linear in the token features, which is how the REC fusion
+    reads them (linear projections, attention dot products)."""
 
     def __init__(self, d: int, shapes: int, colours: int):
         super().__init__()
         self.split = (1, shapes, colours, 4)
-        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, 2 * d), nn.ReLU(),
-                                 nn.Linear(2 * d, sum(self.split)))
+        self.linear = nn.Linear(d, sum(self.split))
 
     def forward(self, tokens):
-        obj, shape, colour, box = self.mlp(tokens).split(self.split, dim=-1)
+        obj, shape, colour, box = self.linear(tokens).split(self.split, dim=-1)
         return obj.squeeze(-1), shape, colour, box.sigmoid()
 
 
@@ -365,12 +368,13 @@ def _pretrain_vision(cfg: PretrainConfig, model_cfg, partial: Path, device, log)
 # ---- language: masked-language modelling -------------------------------------------------------------------
 
 def _mask_tokens(ids: torch.Tensor, attention: torch.Tensor, prob: float, vocab_size: int, gen, mask_id: int,
-                 first_word_id: int):
+                 first_word_id: int, predict_all: bool = False):
     """BERT's masking: `prob` of the real (non-special) tokens are predicted; of those 80% become [MASK], 10% a
     random word, 10% stay."""
     special = ids < first_word_id
     chosen = (torch.rand(ids.shape, generator=gen) < prob) & attention.bool() & ~special
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    target = (attention.bool() & ~special) if predict_all else chosen
+    labels = torch.where(target, ids, torch.full_like(ids, -100))
     roll = torch.rand(ids.shape, generator=gen)
     inputs = ids.clone()
     inputs[chosen & (roll < 0.8)] = mask_id
@@ -412,7 +416,8 @@ def _pretrain_language(cfg: PretrainConfig, model_cfg, vocab: list, partial: Pat
     losses, t_train = [], time.perf_counter()
     for step in range(cfg.text_steps):
         idx = torch.randint(0, cfg.captions, (cfg.text_batch,), generator=gen)
-        inputs, labels = _mask_tokens(ids[idx], attention[idx], cfg.mask_prob, len(vocab), gen, mask_id, first_word)
+        inputs, labels = _mask_tokens(ids[idx], attention[idx], cfg.mask_prob, len(vocab), gen, mask_id, first_word,
+                                      cfg.predict_all)
         loss = mlm(input_ids=inputs.to(device), attention_mask=attention[idx].to(device), labels=labels.to(device)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -439,6 +444,20 @@ def _pretrain_language(cfg: PretrainConfig, model_cfg, vocab: list, partial: Pat
             "loss_first": round(float(np.mean(losses[:10])), 4), "loss_last": round(float(np.mean(losses[-50:])), 4),
             "held_out_loss": round(out.loss.item(), 4), "held_out_masked_token_acc": round(acc, 4),
             "vocab_size": len(vocab), "seconds": {"data": round(t_data, 1), "train": round(t_train, 1)}}
+
+
+def weights_source(vision: str | None, language: str | None) -> str | None:
+    """For a run record: which synthetic source pretraining the encoder weights come from, if they do."""
+    for path in (vision, language):
+        if not path:
+            continue
+        try:
+            info = json.loads((Path(path).parent / "source.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("kind") == KIND:
+            return f"{KIND}, {info['preset']} seed {info['seed']}, config {info['key']}"
+    return None
 
 
 def summary(root: Path, info: dict, cached: bool) -> str:

@@ -84,6 +84,16 @@ def _pct(value, ref) -> str:
 
 
 # ---- provenance ------------------------------------------------------------------------------------
+def describe_weights(weights: dict) -> str:
+    """One line for a table's provenance: what a run record's encoders started from (its `weights` field)."""
+    if weights.get("source"):
+        return f"pretrained tiny encoders: {weights['source']}; NOT DETR/BERT weights"
+    vision, language = weights.get("vision"), weights.get("language")
+    if not vision and not language:
+        return "random init (no pretrained encoder weights)"
+    return f"vision {vision or 'random init'}, language {language or 'random init'}"
+
+
 def provenance(title: str, records: list[dict], rules: list[str], command: str, what_data: str) -> str:
     def distinct(values):
         return ", ".join(sorted({str(v) for v in values})) or "none"
@@ -98,6 +108,7 @@ def provenance(title: str, records: list[dict], rules: list[str], command: str, 
         f"- preset(s): {distinct(r['preset'] for r in records)}",
         f"- device(s): {distinct(_device_name(r) for r in records)}",
         f"- precision: {distinct(_precision(r) for r in records)}",
+        f"- encoders: {distinct(describe_weights(r.get('weights') or {}) for r in records if r['kind'] == 'run')}",
         f"- commit(s): {', '.join(sorted(commits)) or 'none'}",
         f"- newest record: {max((r['created_at'] for r in records), default='none')} ({len(records)} records)",
         *[f"- counting: {rule}" for rule in rules],

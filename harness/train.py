@@ -34,6 +34,7 @@ from harness.flops import forward_flops, train_step_flops
 from harness.losses import rec_loss
 from harness.model import build_model, count_parameters
 from harness.model.weights import load_language_weights, load_vision_weights
+from harness.pretrain import weights_source
 from harness.recipe import Recipe, build_recipe
 from methods import apply_method, build_method, method_defaults
 
@@ -273,6 +274,7 @@ def run(cfg: RunConfig) -> dict:
         "recipe": asdict(recipe), "config_hash": chash,
         "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights,
                     "pretrained": bool(cfg.vision_weights or cfg.language_weights),
+                    "source": weights_source(cfg.vision_weights, cfg.language_weights),
                     "loaded": [r.summary() for r in load_reports]},
         "env": records.environment(device), "world_size": world, "params": params,
         "flops": flops, "memory": _memory_figures(device, state), "time": _time_figures(state, recipe, len(train_set)),

@@ -41,6 +41,8 @@ class FusionConfig:
     ffn: int = 2048
     layers: int = 6
     dropout: float = 0.1
+    # std of the V-L position embedding's normal init; None = nn.Embedding's N(0, 1), as TransVG.
+    pos_embed_std: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,12 @@ PRESETS = {
         vision=VisionConfig(resnet_layers=(1, 1, 1, 1), resnet_channels=(8, 16, 32, 64), stem_width=8,
                             d_model=32, heads=4, ffn=64, layers=2),
         language=LanguageConfig(hidden=64, layers=4, heads=4, intermediate=128, max_positions=64),
-        fusion=FusionConfig(d_model=32, heads=4, ffn=64, layers=2),
+        # Toy adaptations of the from-scratch V-L fusion: no dropout (at toy width and a short schedule it only
+        # slows learning), and its position embedding initialised at std 0.02 instead of TransVG's N(0, 1): with
+        # unit-scale positions the 46 tokens' attention starts sharply position-bound and the fusion sits on a
+        # long plateau before it grounds the text (measured on cached tiny features: val Acc@0.5 0.05 vs 0.19
+        # after 4,000 fusion steps; see the issue-7 note).
+        fusion=FusionConfig(d_model=32, heads=4, ffn=64, layers=2, dropout=0.0, pos_embed_std=0.02),
     ),
 }
 
