@@ -3,15 +3,15 @@
 # the synthetic source task (cached; a stand-in for DETR/BERT pretraining), then every registered method on all
 # five dataset names from those encoders, then the tables. Runs whose record matches their configuration are
 # skipped and interrupted runs resume, so rerunning after a stop finishes the job; --force redoes every run.
-#   ./run_all.sh [--force]
-#   ./run_all.sh --random-init [--force]                the same suite from random encoders -> results/random_init/
+#   ./run_all.sh [--epochs N] [--force]                 N epochs per run (default 1; the tiny recipe is 30)
+#   ./run_all.sh --random-init [--epochs N] [--force]   the same suite from random encoders -> results/random_init/
 #   ./run_all.sh --efficiency                           paper-preset profiles on CUDA, batch 64, fp32 + bf16
 #   ./run_all.sh --paper --data-root DIR --weights DIR  real data, paper recipe; DIR of weights holds
 #                                                       detr-r50-{unc,gref,referit}.pth and bert-base-uncased/
 set -euo pipefail
 source "$(dirname "$0")/scripts/bootstrap.sh"
 
-mode=default force=0 data_root="" weights=""
+mode=default force=0 data_root="" weights="" epochs=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --force) force=1 ;;
@@ -20,6 +20,7 @@ while [ $# -gt 0 ]; do
         --data-root) data_root="$2"; shift ;;
         --weights) weights="$2"; shift ;;
         --random-init) mode=random_init ;;
+        --epochs) epochs="$2"; shift ;;
         -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
     esac
@@ -46,8 +47,8 @@ extra_for() { :; }
 
 # The default suite's budget: one epoch per run (about 125-155 steps on the default synthetic set), so that every
 # method on every name fits in about 20 minutes on 2 cores. Far too short for the fusion to ground the text (see
-# README, "What the default suite can and cannot show"); the full tiny recipe is 30 epochs.
-suite=(--device cpu --epochs 1)
+# README, "What the default suite can and cannot show"); the full tiny recipe is 30 epochs (--epochs 30).
+suite=(--device cpu --epochs "$epochs")
 start=$SECONDS
 case "$mode" in
     default)

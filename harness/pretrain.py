@@ -87,8 +87,9 @@ def _model_and_vocab(cfg: PretrainConfig):
 
 def cache_key(cfg: PretrainConfig) -> str:
     model_cfg, vocab = _model_and_vocab(cfg)
-    blob = json.dumps({"version": SOURCE_VERSION, "config": asdict(cfg), "model": model_cfg.to_dict(),
-                       "vocab": vocab}, sort_keys=True).encode()
+    encoders = {k: v for k, v in model_cfg.to_dict().items() if k not in ("fusion", "name")}  # what is pretrained
+    blob = json.dumps({"version": SOURCE_VERSION, "config": asdict(cfg), "model": encoders, "vocab": vocab},
+                      sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
