@@ -44,8 +44,10 @@ def git_state(cwd=None) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                    capture_output=True, text=True, check=True).stdout.strip())
+        # results/ holds what the code writes (records, tables), not code: rewriting it leaves the code clean
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     ":(exclude)results"], cwd=cwd, capture_output=True, text=True,
+                                    check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
