@@ -100,6 +100,7 @@ def provenance(title: str, records: list[dict], rules: list[str], command: str, 
 
     commits = {f"{(r['env'].get('git') or {}).get('commit') or 'unknown'}"[:12]
                + (" (dirty)" if (r["env"].get("git") or {}).get("dirty") else "") for r in records}
+    runs = [r for r in records if r["kind"] == "run"]  # profile records run random weights by design
     lines = [f"# {title}", ""]
     if any(r["data"] == "synthetic" for r in records):
         lines += [f"> **SYNTHETIC DATA.** {what_data}", ""]
@@ -108,7 +109,7 @@ def provenance(title: str, records: list[dict], rules: list[str], command: str, 
         f"- preset(s): {distinct(r['preset'] for r in records)}",
         f"- device(s): {distinct(_device_name(r) for r in records)}",
         f"- precision: {distinct(_precision(r) for r in records)}",
-        f"- encoders: {distinct(describe_weights(r.get('weights') or {}) for r in records if r['kind'] == 'run')}",
+        *([f"- encoders: {distinct(describe_weights(r.get('weights') or {}) for r in runs)}"] if runs else []),
         f"- commit(s): {', '.join(sorted(commits)) or 'none'}",
         f"- newest record: {max((r['created_at'] for r in records), default='none')} ({len(records)} records)",
         *[f"- counting: {rule}" for rule in rules],
