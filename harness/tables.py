@@ -237,11 +237,13 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
                     points.append((row["method"], float(row[col]), acc[row["method"]], float(row["tunable (M)"])))
     if points:
         biggest = max(p[3] for p in points) or 1.0
-        for method, x, y, tunable in points:
+        for i, (method, x, y, tunable) in enumerate(sorted(points, key=lambda p: p[1])):
             size = 60 + 1500 * tunable / biggest  # marker area in points^2
             ax.scatter(x, y, s=size, alpha=0.5)
-            ax.annotate(f"{method} ({tunable:.2f}M)", (x, y), xytext=(0, size**0.5 / 2 + 3), textcoords="offset points",
-                        ha="center", fontsize=8)
+            # labels alternate above / below along the memory axis, so neighbours with equal accuracy stay legible
+            offset = (size**0.5 / 2 + 3) * (1 if i % 2 == 0 else -1)
+            ax.annotate(f"{method} ({tunable:.2f}M)", (x, y), xytext=(0, offset), textcoords="offset points",
+                        ha="center", va="bottom" if offset > 0 else "top", fontsize=8)
         cpu = any(r["memory"].get("device") == "cpu" for r in e_recs)
         kind = ("CPU proxy: saved activations + params + grads + AdamW state" if cpu
                 else "peak torch.cuda.max_memory_allocated")
