@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
         --weights) weights="$2"; shift ;;
         --random-init) mode=random_init ;;
         --epochs) epochs="$2"; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
     esac
     shift
