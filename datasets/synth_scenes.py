@@ -61,7 +61,7 @@ def sample_scene(rng: random.Random, focus_shapes=SHAPES) -> Scene | None:
         for _ in range(100):
             x, y = rng.randint(MARGIN, width - MARGIN - side), rng.randint(MARGIN, height - MARGIN - side)
             box = (x, y, x + side, y + side)
-            if all(_apart(box, other.box) for other in objects):
+            if all(boxes_apart(box, other.box) for other in objects):
                 objects.append(Obj(box, shape, colour, size))
                 break
         else:
@@ -69,7 +69,8 @@ def sample_scene(rng: random.Random, focus_shapes=SHAPES) -> Scene | None:
     return Scene(width, height, tuple(objects))
 
 
-def _apart(a, b) -> bool:
+def boxes_apart(a, b) -> bool:
+    """Two xyxy boxes with at least GAP pixels of empty space between them on one axis."""
     return a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
 
 

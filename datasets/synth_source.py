@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from datasets.synth_scenes import COLOURS, GAP, MARGIN, SHAPES, Obj, Scene, draw_objects
+from datasets.synth_scenes import COLOURS, MARGIN, SHAPES, Obj, Scene, boxes_apart, draw_objects
 
 SOURCE_CANVASES = ((200, 200), (224, 224), (240, 240), (240, 224), (224, 240), (208, 208))
 SOURCE_OBJECTS = (4, 7)
@@ -49,15 +49,11 @@ def sample_source_scene(rng: random.Random) -> Scene:
             for _ in range(50):
                 x, y = rng.randint(MARGIN, width - MARGIN - side), rng.randint(MARGIN, height - MARGIN - side)
                 box = (x, y, x + side, y + side)
-                if all(_apart(box, other.box) for other in objects):
+                if all(boxes_apart(box, other.box) for other in objects):
                     objects.append(Obj(box, rng.choice(SHAPES), rng.choice(list(COLOURS)), size))
                     break
         if len(objects) >= SOURCE_OBJECTS[0] - 1:  # crowded canvases may fit one fewer
             return Scene(width, height, tuple(objects))
-
-
-def _apart(a, b) -> bool:
-    return a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
 
 
 def render_source(scene: Scene, rng: np.random.Generator) -> Image.Image:
@@ -109,6 +105,7 @@ def caption(scene: Scene, rng: random.Random) -> str:
     if ((ax - bx) ** 2 + (ay - by) ** 2) ** 0.5 < 90:  # neighbours
         return f"a {_np(a, rng)} next to a {_np(b, rng)}"
     return f"the picture shows a {_np(a, rng)} and a {_np(b, rng)}"
+
 
 def captions(count: int, seed: int) -> list[str]:
     rng = random.Random(f"source-captions:{seed}")

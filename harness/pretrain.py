@@ -177,6 +177,16 @@ def _schedule(optimizer, steps: int, warmup: float):
         optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
 
 
+def _optimizer_step(loss, optimizer, scheduler, params) -> float:
+    """One step of both pretraining stages (gradients clipped at norm 1); returns the loss value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
 # ---- vision: dense detection ---------------------------------------------------------------------------------
 
 def source_images(count: int, seed: int, image_size: int):
@@ -338,12 +348,7 @@ def _pretrain_vision(cfg: PretrainConfig, model_cfg, partial: Path, device, log)
                                                           model_cfg.image_size).items()}
         out_b = vis(_normalise(batch, mask).to(device), mask.to(device))
         loss, _ = detection_loss(head(out_b.features), target, ~out_b.mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_optimizer_step(loss, opt, sched, params))
         if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
             log(f"vision step {step + 1}/{cfg.vision_steps}: detection loss {np.mean(losses[-50:]):.3f}")
     t_train = time.perf_counter() - t_train
@@ -421,12 +426,7 @@ def _pretrain_language(cfg: PretrainConfig, model_cfg, vocab: list, partial: Pat
         inputs, labels = _mask_tokens(ids[idx], attention[idx], cfg.mask_prob, len(vocab), gen, mask_id, first_word,
                                       cfg.predict_all)
         loss = mlm(input_ids=inputs.to(device), attention_mask=attention[idx].to(device), labels=labels.to(device)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_optimizer_step(loss, opt, sched, mlm.parameters()))
         if (step + 1) % 100 == 0 or step + 1 == cfg.text_steps:
             log(f"language step {step + 1}/{cfg.text_steps}: MLM loss {np.mean(losses[-50:]):.3f}")
     t_train = time.perf_counter() - t_train
