@@ -64,7 +64,7 @@ case "$mode" in
         ;;
     random_init)
         # The same suite from random encoders, kept apart from the default results for comparison.
-        runs tiny "${suite[@]}" --output results/random_init/runs --work-dir runs/random_init
+        runs tiny "${suite[@]}" --random-init --output results/random_init/runs --work-dir runs/random_init
         harness table --runs results/random_init/runs --out results/random_init
         echo "results/random_init/ regenerated in $(( SECONDS - start )) s: main.md, efficiency.md, tradeoff.png"
         exit 0

@@ -52,6 +52,8 @@ def _read_config_file(path) -> dict:
 def _cmd_run(args):
     from harness.train import RunConfig, run
 
+    if args.random_init and (args.vision_weights or args.language_weights):
+        raise HarnessError("--random-init contradicts --vision-weights/--language-weights: drop one")
     config = _read_config_file(args.config)
     data = config.get("data") or {}
     recipe = dict(config.get("recipe") or {})
@@ -65,7 +67,7 @@ def _cmd_run(args):
                     language_weights=args.language_weights, method_overrides=config.get("method") or {},
                     recipe_overrides=recipe, device=args.device, output=args.output, work_dir=args.work_dir,
                     tag=args.tag, resume=args.resume, skip_done=args.skip_done,
-                    synthetic_images=args.synthetic_images)
+                    synthetic_images=args.synthetic_images, stand_in_encoders=not args.random_init)
     record = run(cfg)
     for split, res in record["results"].items():
         print(f"{record['dataset']} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
@@ -148,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--amp", action="store_true", help="bf16 autocast (the paper trains in fp32)")
     run.add_argument("--vision-weights", default=None, help="DETR/TransVG detr-r50-*.pth (DETR key layout)")
     run.add_argument("--language-weights", default=None, help="BERT: HF id in the local cache, or a folder")
+    run.add_argument("--random-init", action="store_true",
+                     help="random encoders; without weights the tiny preset on synthetic data otherwise starts from "
+                          "the stand-in pretrained ones (`harness pretrain`, made once and cached)")
     run.add_argument("--tokenizer", default=None, help="HF id, folder or vocab.txt (default: the BERT's)")
     run.add_argument("--config", default=None, help="YAML with method:, recipe: and data: overrides")
     run.add_argument("--output", default="results/runs", help="folder for the run record")

@@ -13,7 +13,7 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from harness.flops import forward_flops, train_step_flops
 from harness.losses import rec_loss
 from harness.model import build_model, count_parameters
 from harness.model.weights import load_language_weights, load_vision_weights
-from harness.pretrain import weights_source
+from harness.pretrain import PretrainConfig, ensure_pretrained, weights_source
 from harness.recipe import Recipe, build_recipe
 from methods import apply_method, build_method, method_defaults
 
@@ -65,6 +65,9 @@ class RunConfig:
     skip_done: bool = False  # return the existing record if it is ok and has this configuration
     cache_dir: str | None = None
     synthetic_images: int | None = None  # size of the synthetic set (None: the generator's default)
+    # With no weights given, the tiny preset on synthetic data starts from the stand-in pretrained encoders
+    # (`harness pretrain`, made once and cached) instead of random ones: PETL on random features measures nothing.
+    stand_in_encoders: bool = False
 
     @property
     def run_id(self) -> str:
@@ -139,6 +142,20 @@ def resolve_data(cfg: RunConfig, rank: int):
     return paths, tokenizer, "real", {"root": str(cfg.data_root)}
 
 
+def with_stand_in_encoders(cfg: RunConfig, data_kind: str, rank: int) -> RunConfig:
+    if not (cfg.stand_in_encoders and cfg.preset == "tiny" and data_kind == "synthetic"
+            and cfg.vision_weights is None and cfg.language_weights is None):
+        return cfg
+    quiet = (lambda msg: None) if rank else print
+    if rank == 0:
+        ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=quiet)
+    barrier()
+    root, _ = ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=quiet)
+    if rank == 0:
+        print(f"encoders: the tiny stand-in pretraining in {root} (harness pretrain; --random-init for random ones)")
+    return replace(cfg, vision_weights=str(root / "vision.pth"), language_weights=str(root / "bert"))
+
+
 def build_loader(dataset, batch_size: int, train: bool, recipe: Recipe, rank: int, world: int, epoch_gen=None):
     if world > 1:
         sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=recipe.seed) if train
@@ -174,6 +191,7 @@ def run(cfg: RunConfig) -> dict:
         raise HarnessError("--amp uses bf16 autocast, which this GPU does not support: drop --amp")
     paths, tok_source, data_kind, data_desc = resolve_data(cfg, rank)
     tokenizer = build_tokenizer(tok_source)
+    cfg = with_stand_in_encoders(cfg, data_kind, rank)
 
     identity = {
         "method": cfg.method, "method_config": asdict(method.config), "dataset": cfg.dataset, "preset": cfg.preset,

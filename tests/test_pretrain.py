@@ -129,7 +129,24 @@ def test_cli_pretrain_then_run_with_the_weights(synth_root, tmp_path, capsys):
     assert "NOT DETR/BERT weights" in header
 
 
+def test_tiny_synthetic_runs_start_from_the_stand_in_encoders_by_default(tmp_path, monkeypatch):
+    import harness.train as train
+
+    monkeypatch.setattr(train, "PretrainConfig", lambda preset: pretrain.PretrainConfig(preset=preset, **SMALL))
+    common = dict(method="frozen", dataset="unc", cache_dir=str(tmp_path), synthetic_images=8, device="cpu",
+                  work_dir=str(tmp_path / "work"), recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4,
+                                                                     "num_workers": 0})
+    record = train.run(train.RunConfig(**common, stand_in_encoders=True, output=str(tmp_path / "a")))
+    assert record["weights"]["source"].startswith(pretrain.KIND)
+    assert record["weights"]["vision"].startswith(str(tmp_path / "pretrained"))
+    assert all(", 0 missing, 0 unexpected" in line for line in record["weights"]["loaded"])
+    random = train.run(train.RunConfig(**common, output=str(tmp_path / "b")))
+    assert not random["weights"]["pretrained"] and random["weights"]["source"] is None
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["run", "--method", "full", "--dataset", "unc", "--random-init", "--vision-weights", "x.pth"],
+     r"error: --random-init contradicts"),
     (["pretrain", "--preset", "paper"], r"error: `harness pretrain` makes stand-in weights for the tiny preset only"),
     (["pretrain", "--out", "{tmp}/notempty", "--vision-steps", "1"], r"error: .*notempty exists and is not a pretraining"),
     (["pretrain", "--out", "{tmp}/x", "--vision-steps", "0"], r"error: impossible pretraining config"),

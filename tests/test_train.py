@@ -85,7 +85,7 @@ def test_ddp_gloo_two_processes(cache, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "harness.cli", "run", "--method", "frozen", "--dataset", "unc", "--preset", "tiny",
            "--synthetic-images", str(IMAGES), "--epochs", "1", "--max-steps", "2", "--batch-size", "4",
-           "--num-workers", "0", "--device", "cpu", "--output", str(tmp_path / "rec"), "--work-dir", str(tmp_path / "w")]
+           "--num-workers", "0", "--device", "cpu", "--random-init", "--output", str(tmp_path / "rec"), "--work-dir", str(tmp_path / "w")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = read_record(tmp_path / "rec" / "unc_frozen_tiny.json")
