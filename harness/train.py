@@ -146,11 +146,11 @@ def with_stand_in_encoders(cfg: RunConfig, data_kind: str, rank: int) -> RunConf
     if not (cfg.stand_in_encoders and cfg.preset == "tiny" and data_kind == "synthetic"
             and cfg.vision_weights is None and cfg.language_weights is None):
         return cfg
-    quiet = (lambda msg: None) if rank else print
-    if rank == 0:
-        ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=quiet)
+    log = (lambda msg: None) if rank else print
+    if rank == 0:  # pretrains on first use; the other ranks then find it in the cache
+        ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=log)
     barrier()
-    root, _ = ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=quiet)
+    root, _ = ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=log)
     if rank == 0:
         print(f"encoders: the tiny stand-in pretraining in {root} (harness pretrain; --random-init for random ones)")
     return replace(cfg, vision_weights=str(root / "vision.pth"), language_weights=str(root / "bert"))
