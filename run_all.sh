@@ -80,8 +80,8 @@ case "$mode" in
         for m in $methods; do
             for init in pretrained random_init; do
                 echo "== $m on unc, $init encoders (tiny recipe) =="
-                init_args=(--vision-weights "$enc/vision.pth" --language-weights "$enc/bert")
-                [ "$init" = random_init ] && init_args=(--random-init)
+                if [ "$init" = pretrained ]; then init_args=(--vision-weights "$enc/vision.pth" --language-weights "$enc/bert")
+                else init_args=(--random-init); fi
                 harness run --method "$m" --dataset unc --preset tiny --device cpu "${epochs_arg[@]}" "${keep[@]}" \
                     "${init_args[@]}" --output "results/transfer/$init" --work-dir "runs/transfer/$init"
             done

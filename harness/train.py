@@ -127,15 +127,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def rank0_first(make, rank: int):
+    """`make()` on rank 0, then on the other ranks: rank 0 fills a cache (data, pretrained encoders) that the
+    others then only read."""
+    if rank == 0:
+        result = make()
+    barrier()
+    return result if rank == 0 else make()
+
+
 def resolve_data(cfg: RunConfig, rank: int):
     """(paths, tokenizer source, data kind, data description) for the run."""
     if cfg.data_root is None:
         cache = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE
         images = cfg.synthetic_images or SYNTH_DEFAULT_IMAGES
-        if rank == 0:
-            ensure_synthetic(cache, seed=SYNTH_SEED, images=images)
-        barrier()
-        root = ensure_synthetic(cache, seed=SYNTH_SEED, images=images)
+        root = rank0_first(lambda: ensure_synthetic(cache, seed=SYNTH_SEED, images=images), rank)
         return resolve_paths(root), str(root / "vocab.txt"), "synthetic", {"seed": SYNTH_SEED, "images": images}
     paths = resolve_paths(cfg.data_root, cfg.split_root, cfg.image_root, cfg.image_dirs)
     tokenizer = cfg.tokenizer or cfg.language_weights or "bert-base-uncased"
@@ -147,10 +153,8 @@ def with_stand_in_encoders(cfg: RunConfig, data_kind: str, rank: int) -> RunConf
             and cfg.vision_weights is None and cfg.language_weights is None):
         return cfg
     log = (lambda msg: None) if rank else print
-    if rank == 0:  # pretrains on first use; the other ranks then find it in the cache
-        ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=log)
-    barrier()
-    root, _ = ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=log)
+    root, _ = rank0_first(lambda: ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=log),
+                          rank)
     if rank == 0:
         print(f"encoders: the tiny stand-in pretraining in {root} (harness pretrain; --random-init for random ones)")
     return replace(cfg, vision_weights=str(root / "vision.pth"), language_weights=str(root / "bert"))

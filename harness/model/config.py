@@ -76,9 +76,10 @@ PRESETS = {
         language=LanguageConfig(hidden=64, layers=4, heads=4, intermediate=128, max_positions=64),
         # Toy adaptations of the from-scratch V-L fusion, measured by training the fusion alone on cached features
         # of the pretrained tiny encoders (unc, batch 32, lr 1e-3): wider than the encoders (d 64, 8 heads: val
-        # Acc@0.5 0.30 after 3,000 steps vs 0.17 at d 32, 4 heads), no dropout (at toy width and a short schedule it only slows learning), and its position
-        # embedding initialised at std 0.02 instead of TransVG's N(0, 1): with unit-scale positions the 46 tokens'
-        # attention starts position-bound and the fusion sits on a long plateau (0.05 vs 0.19 after 4,000 steps).
+        # Acc@0.5 0.30 after 3,000 steps vs 0.17 at d 32, 4 heads), no dropout (at toy width and a short schedule it
+        # only slows learning), and its position embedding initialised at std 0.02 instead of TransVG's N(0, 1):
+        # with unit-scale positions the 46 tokens' attention starts position-bound and the fusion sits on a long
+        # plateau (0.05 vs 0.19 after 4,000 steps).
         fusion=FusionConfig(d_model=64, heads=8, ffn=128, layers=2, dropout=0.0, pos_embed_std=0.02),
     ),
 }
