@@ -3,9 +3,9 @@
 # the synthetic source task (cached; a stand-in for DETR/BERT pretraining), then every registered method on all
 # five dataset names from those encoders, then the tables. Runs whose record matches their configuration are
 # skipped and interrupted runs resume, so rerunning after a stop finishes the job; --force redoes every run.
-#   ./run_all.sh [--epochs N] [--force]                 N epochs per run (default 1; the tiny recipe is 30)
+#   ./run_all.sh [--epochs N] [--force]                 N epochs per run (default 1; the tiny recipe is 50)
 #   ./run_all.sh --random-init [--epochs N] [--force]   the same suite from random encoders -> results/random_init/
-#   ./run_all.sh --transfer [--epochs N] [--force]      every method on unc with the full tiny recipe (30 epochs),
+#   ./run_all.sh --transfer [--epochs N] [--force]      every method on unc with the full tiny recipe (50 epochs),
 #                                                       from the stand-in and from random encoders -> results/transfer/
 #   ./run_all.sh --efficiency                           paper-preset profiles on CUDA, batch 64, fp32 + bf16
 #   ./run_all.sh --paper --data-root DIR --weights DIR  real data, paper recipe; DIR of weights holds
@@ -50,7 +50,7 @@ extra_for() { :; }
 
 # The default suite's budget: one epoch per run (about 125-155 steps on the default synthetic set), so that every
 # method on every name fits in about 20 minutes on 2 cores. Far too short for the fusion to ground the text (see
-# README, "What the default suite can and cannot show"); the full tiny recipe is 30 epochs (--epochs 30).
+# README, "What the default suite can and cannot show"); the full tiny recipe is 50 epochs (--epochs 50).
 suite=(--device cpu --epochs "${epochs:-1}")
 start=$SECONDS
 case "$mode" in

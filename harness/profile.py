@@ -131,7 +131,7 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     from harness.flops import forward_flops, synthetic_batch, train_step_flops
     from harness.model import build_model, count_parameters
     from harness.recipe import build_recipe
-    from harness.train import prepare_runtime, resolve_device, seed_everything
+    from harness.train import build_optimizer, prepare_runtime, resolve_device, seed_everything
     from methods import apply_method, build_method, method_defaults
 
     if steps < 1 or warmup < 0:
@@ -160,8 +160,7 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
             step_flops["counted_on"] = dev.type
         if dev.type == "cuda":
             torch.cuda.empty_cache()  # drop the FLOP count's cached blocks; warm-up rebuilds the training cache
-        groups = meth.param_groups(model, recipe.lr * recipe.lr_scale, recipe.lr_encoder * recipe.lr_scale)
-        optimizer = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+        optimizer = build_optimizer(meth, model, recipe)
         trainer = _Trainer(model, optimizer, synthetic_batch(model.config, bs, dev, seed), recipe.amp)
         model.train()
         trainer.timed(warmup)

@@ -114,6 +114,18 @@ def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
     model.frozen_chunk_size = recipe.frozen_chunk
 
 
+def build_optimizer(method, model, recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW over the method's parameter groups. The recipe's `lr_scale` (the tiny recipe's short schedule)
+    multiplies only what starts from scratch; the encoders' own weights keep the method's rate, since at 10x
+    that rate full fine-tuning overwrites the pretrained encoders and never leaves the fusion's plateau
+    (unc val Acc@0.5 0.05 after 30 tiny epochs, against 0.29 at the unscaled rate)."""
+    groups = method.param_groups(model, recipe.lr, recipe.lr_encoder)
+    for group in groups:
+        if group["scratch"]:
+            group["lr"] *= recipe.lr_scale
+    return torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+
+
 def vocab_size_for(preset: str, tokenizer) -> int:
     """tiny sizes BERT's embedding to the tokenizer; paper keeps BERT-base's 30,522 rows (so the model and
     its counts are TransVG's) unless the tokenizer is larger."""
@@ -242,8 +254,7 @@ def run(cfg: RunConfig) -> dict:
     if len(train_set) == 0:
         raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} is empty")
 
-    groups = method.param_groups(model, recipe.lr * recipe.lr_scale, recipe.lr_encoder * recipe.lr_scale)
-    optimizer = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+    optimizer = build_optimizer(method, model, recipe)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, recipe.lr_drop, gamma=0.1)
     train_model = model
     if world > 1:

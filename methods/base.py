@@ -30,13 +30,20 @@ class Method:
         raise NotImplementedError
 
     def param_groups(self, model, lr: float, lr_encoder: float) -> list[dict]:
-        """Encoder-side trainable parameters at `lr_encoder`, fusion and head at `lr` (the TransVG/M2IST recipe)."""
-        groups = {"encoder": [], "fusion_head": []}
+        """Encoder-side trainable parameters at `lr_encoder`, fusion and head at `lr` (the TransVG/M2IST recipe).
+        Groups say whether they start from scratch (`scratch`): everything but the encoders' own weights does,
+        which is what a recipe's `lr_scale` speeds up."""
+        groups = {"encoder_weights": [], "encoder_modules": [], "fusion_head": []}
         for name, p in model.named_parameters():
-            if p.requires_grad:
-                groups["encoder" if component_of(name) in ENCODER_SIDE else "fusion_head"].append(p)
-        rates = {"encoder": lr_encoder, "fusion_head": lr}
-        return [{"name": k, "params": v, "lr": rates[k]} for k, v in groups.items() if v]
+            if not p.requires_grad:
+                continue
+            if component_of(name) not in ENCODER_SIDE:
+                groups["fusion_head"].append(p)
+            else:
+                groups["encoder_weights" if model.is_encoder_weight(p) else "encoder_modules"].append(p)
+        rates = {"encoder_weights": lr_encoder, "encoder_modules": lr_encoder, "fusion_head": lr}
+        return [{"name": k, "params": v, "lr": rates[k], "scratch": k != "encoder_weights"}
+                for k, v in groups.items() if v]
 
 
 def freeze_encoders(model) -> None:

@@ -103,8 +103,9 @@ def test_yaml_recipe_and_param_groups():
     assert method_defaults("m2ist")["recipe"] == {"lr_encoder": 1e-5, "lr": 1e-4, "weight_decay": 1e-4}
     model = m2ist_model()
     groups = {g["name"]: g for g in build_method("m2ist").param_groups(model, 1e-4, 1e-5)}
-    assert {id(p) for p in groups["encoder"]["params"]} == {id(p) for p in model.side.parameters()}
-    assert groups["encoder"]["lr"] == 1e-5 and groups["fusion_head"]["lr"] == 1e-4
+    assert {id(p) for p in groups["encoder_modules"]["params"]} == {id(p) for p in model.side.parameters()}
+    assert groups["encoder_modules"]["lr"] == 1e-5 and groups["fusion_head"]["lr"] == 1e-4
+    assert "encoder_weights" not in groups  # the encoders stay frozen
 
 
 def test_init_as_the_released_code_ends_up():

@@ -15,8 +15,9 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.losses import rec_loss
 from harness.records import read_record
+from harness.recipe import build_recipe
 from harness.train import RunConfig, run
-from methods import apply_method, build_method
+from methods import apply_method, build_method, method_defaults
 
 IMAGES = 12
 
@@ -119,6 +120,33 @@ def test_overfits_a_fixed_batch(cache):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10
+
+
+@pytest.mark.parametrize("method", ["full", "vlpet", "lora", "m2ist"])
+def test_lr_scale_speeds_up_only_what_starts_from_scratch(method):
+    model = tiny_model()
+    own = [p for name, p in model.named_parameters() if name.startswith(("visumodel.", "textmodel."))]
+    meth = build_method(method)
+    apply_method(meth, model)
+    recipe = build_recipe("tiny", "unc", method_defaults(method)["recipe"])
+    train_mod.prepare_runtime(model, recipe, torch.device("cpu"))  # folds BatchNorms: the convs get wrapped
+    optimizer = train_mod.build_optimizer(meth, model, recipe)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert len(lr_of) == sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+    own_ids = {id(p) for p in own}
+    for name, p in trainable.items():
+        if id(p) in own_ids:
+            expected = recipe.lr_encoder  # pretrained: never scaled
+        elif name.startswith(("visumodel.", "textmodel.", "side.")):
+            expected = recipe.lr_encoder * recipe.lr_scale  # the method's own modules
+        else:
+            expected = recipe.lr * recipe.lr_scale  # fusion and head
+        assert lr_of[id(p)] == pytest.approx(expected), name
+    if method in ("full", "vlpet"):  # these do train encoder weights (vlpet: its LayerNorms)
+        assert any(id(p) in own_ids for p in trainable.values())
+    if method == "full":
+        assert any("backbone" in name and id(p) in own_ids for name, p in trainable.items())
 
 
 def test_frozen_leaves_every_encoder_parameter_without_gradient():

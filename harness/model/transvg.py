@@ -7,7 +7,9 @@ before projection) and `encoders_need_grad` (False runs both encoders under torc
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import nullcontext
+from itertools import chain
 
 import torch
 from torch import nn
@@ -53,6 +55,10 @@ class TransVG(nn.Module):
         self.bbox_embed = MLP(d, d, 4, 3)
         self.side: nn.Module | None = None
         self.encoders_need_grad = True
+        # The encoders' own weights (what DETR/BERT checkpoints fill), kept by identity: methods later insert
+        # modules into the encoders, wrap their layers and fold their BatchNorms, so names do not tell.
+        self._encoder_weights = {id(p): weakref.ref(p)
+                                 for p in chain(self.visumodel.parameters(), self.textmodel.parameters())}
         # Frozen encoders may run in chunks of this many samples under no_grad: nothing of a frozen
         # forward is kept, so peak memory falls with the chunk while the numbers stay the same.
         self.frozen_chunk_size: int | None = None
@@ -64,6 +70,11 @@ class TransVG(nn.Module):
         for name, p in self.named_parameters():
             if component_of(name) in components:
                 p.requires_grad_(trainable and not self.never_trained(name))
+
+    def is_encoder_weight(self, p: torch.Tensor) -> bool:
+        """True for a weight the encoders were built with; False for what a method inserted or attached."""
+        ref = self._encoder_weights.get(id(p))
+        return ref is not None and ref() is p
 
     @staticmethod
     def never_trained(name: str) -> bool:
