@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", default=None, help="suffix for the run id (keeps variants apart)")
     run.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     run.add_argument("--skip-done", action="store_true",
-                     help="do nothing if the run's record exists, is ok and has the same configuration")
+                     help="do nothing if the run's record exists, is ok and has the same configuration; "
+                          "with --resume, a checkpoint of another configuration is discarded, not refused")
     run.set_defaults(func=_cmd_run)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint written by `harness run` on a dataset's splits")

@@ -264,14 +264,19 @@ def run(cfg: RunConfig) -> dict:
     state = {"epoch": 0, "step": 0, "best": {"accuracy": -1.0, "epoch": None}, "history": [], "step_times": [],
              "iteration_times": [], "epoch_times": []}
     last = run_dir / "last.pth"
-    if not (cfg.resume and last.exists()):
+    ckpt = torch.load(last, map_location="cpu", weights_only=False) if cfg.resume and last.exists() else None
+    if ckpt is not None and ckpt["config_hash"] != chash:
+        if not cfg.skip_done:
+            raise HarnessError(f"{last} belongs to a run with another configuration: delete {run_dir} "
+                               "or run without --resume")
+        # --skip-done brings the record up to date: a checkpoint of an older configuration is stale, not resumable
+        if rank == 0:
+            print(f"{cfg.run_id}: {last} is from another configuration; starting afresh")
+        ckpt = None
+    if ckpt is None:
         for stale in (last, run_dir / "best.pth"):  # a fresh run must never pick up an older run's files
             stale.unlink(missing_ok=True)
     else:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        if ckpt["config_hash"] != chash:
-            raise HarnessError(f"{last} belongs to a run with another configuration: delete {run_dir} "
-                               "or run without --resume")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -79,6 +79,8 @@ def test_resume_refuses_another_configuration(cache, tmp_path):
                                                                    "num_workers": 0})
     with pytest.raises(HarnessError, match="another configuration"):
         run(other)
+    redone = run(replace(other, skip_done=True))  # run_all's mode: the old checkpoint is stale, start afresh
+    assert redone["status"] == "ok" and redone["recipe"]["batch_size"] == 4 and redone["train"]["step"] == 1
 
 
 def test_ddp_gloo_two_processes(cache, tmp_path):
