@@ -25,6 +25,19 @@ def _cmd_data_check(args):
     print(format_report(report))
 
 
+def _cmd_data_baseline(args):
+    from datasets.baseline import format_baselines, text_blind_baselines
+    from datasets.catalog import resolve_paths
+
+    if args.root is None:  # the synthetic set `harness run` uses by default
+        from datasets.synth import ensure_synthetic
+        from harness.train import DEFAULT_CACHE, SYNTH_SEED
+
+        args.root = ensure_synthetic(DEFAULT_CACHE, seed=SYNTH_SEED, images=args.synthetic_images)
+    paths = resolve_paths(args.root, args.split_root, args.image_root)
+    print(format_baselines(args.dataset, text_blind_baselines(paths, args.dataset)))
+
+
 def _cmd_methods(args):
     from methods import describe_methods, method_names
 
@@ -133,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
     check.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
     check.set_defaults(func=_cmd_data_check)
+    base = data_sub.add_parser("baseline", help="Acc@0.5 of text-blind predictors (largest, most central, random "
+                               "object) on a dataset's eval splits: the floor a REC result must clear")
+    base.add_argument("--dataset", required=True)
+    base.add_argument("--root", default=None, help="data root (default: the synthetic set, made once, cached)")
+    base.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
+    base.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
+    base.add_argument("--synthetic-images", type=int, default=None, help=argparse.SUPPRESS)
+    base.set_defaults(func=_cmd_data_baseline)
 
     run = sub.add_parser("run", help="train one method on one dataset, evaluate every split, write a run record")
     run.add_argument("--method", required=True)
