@@ -33,7 +33,7 @@ def _cmd_data_baseline(args):
         from datasets.synth import ensure_synthetic
         from harness.train import DEFAULT_CACHE, SYNTH_SEED
 
-        args.root = ensure_synthetic(DEFAULT_CACHE, seed=SYNTH_SEED, images=args.synthetic_images)
+        args.root = ensure_synthetic(DEFAULT_CACHE, seed=SYNTH_SEED)
     paths = resolve_paths(args.root, args.split_root, args.image_root)
     print(format_baselines(args.dataset, text_blind_baselines(paths, args.dataset)))
 
@@ -152,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--root", default=None, help="data root (default: the synthetic set, made once, cached)")
     base.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
     base.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
-    base.add_argument("--synthetic-images", type=int, default=None, help=argparse.SUPPRESS)
     base.set_defaults(func=_cmd_data_baseline)
 
     run = sub.add_parser("run", help="train one method on one dataset, evaluate every split, write a run record")
