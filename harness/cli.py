@@ -30,10 +30,9 @@ def _cmd_data_baseline(args):
     from datasets.catalog import resolve_paths
 
     if args.root is None:  # the synthetic set `harness run` uses by default
-        from datasets.synth import ensure_synthetic
-        from harness.train import DEFAULT_CACHE, SYNTH_SEED
+        from harness.train import synthetic_root
 
-        args.root = ensure_synthetic(DEFAULT_CACHE, seed=SYNTH_SEED)
+        args.root = synthetic_root()
     paths = resolve_paths(args.root, args.split_root, args.image_root)
     print(format_baselines(args.dataset, text_blind_baselines(paths, args.dataset)))
 

@@ -148,12 +148,16 @@ def rank0_first(make, rank: int):
     return result if rank == 0 else make()
 
 
+def synthetic_root(cache_dir=None, images: int = SYNTH_DEFAULT_IMAGES) -> Path:
+    """The synthetic set used when no data root is given, generated once into the cache."""
+    return ensure_synthetic(Path(cache_dir) if cache_dir else DEFAULT_CACHE, seed=SYNTH_SEED, images=images)
+
+
 def resolve_data(cfg: RunConfig, rank: int):
     """(paths, tokenizer source, data kind, data description) for the run."""
     if cfg.data_root is None:
-        cache = Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE
         images = cfg.synthetic_images or SYNTH_DEFAULT_IMAGES
-        root = rank0_first(lambda: ensure_synthetic(cache, seed=SYNTH_SEED, images=images), rank)
+        root = rank0_first(lambda: synthetic_root(cfg.cache_dir, images), rank)
         return resolve_paths(root), str(root / "vocab.txt"), "synthetic", {"seed": SYNTH_SEED, "images": images}
     paths = resolve_paths(cfg.data_root, cfg.split_root, cfg.image_root, cfg.image_dirs)
     tokenizer = cfg.tokenizer or cfg.language_weights or "bert-base-uncased"
