@@ -59,6 +59,7 @@ class DataPaths:
     split_root: Path
     image_root: Path
     image_dirs: dict[str, str] = field(default_factory=dict)  # per-name override of DatasetSpec.image_dir
+    trust_pickles: bool = False  # index files that need the full unpickler (datasets/safe_load.py) are allowed
 
     def index_dir(self, name: str) -> Path:
         return self.split_root / name
@@ -67,7 +68,8 @@ class DataPaths:
         return self.image_root / self.image_dirs.get(name, get_spec(name).image_dir)
 
 
-def resolve_paths(data_root=None, split_root=None, image_root=None, image_dirs=None) -> DataPaths:
+def resolve_paths(data_root=None, split_root=None, image_root=None, image_dirs=None,
+                  trust_pickles: bool = False) -> DataPaths:
     """`image_dirs` maps a dataset name to its image folder under the image root (M2IST keeps COCO in
     'other/images/train2014')."""
     if data_root is not None:
@@ -87,4 +89,4 @@ def resolve_paths(data_root=None, split_root=None, image_root=None, image_dirs=N
                         f"referit/images/; {INDEX_SOURCE}")
     for name in image_dirs or {}:
         get_spec(name)
-    return DataPaths(split, images, dict(image_dirs or {}))
+    return DataPaths(split, images, dict(image_dirs or {}), trust_pickles)

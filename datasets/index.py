@@ -1,7 +1,6 @@
 """Read TransVG's index files (`{split_root}/{name}/{name}_{split}.pth`) into records, as its loader does."""
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +10,7 @@ import torch
 
 from datasets.catalog import INDEX_SOURCE, DataPaths, get_spec
 from datasets.errors import DataError
-
-log = logging.getLogger(__name__)
-
+from datasets.safe_load import UnsafeFileError, torch_load
 
 @dataclass(frozen=True)
 class Record:
@@ -37,27 +34,23 @@ def split_files(paths: DataPaths, name: str, split: str) -> list[Path]:
 def load_split(paths: DataPaths, name: str, split: str) -> list[Record]:
     records: list[Record] = []
     for path in split_files(paths, name, split):
-        records += _parse(path, name, _load(path))
+        records += _parse(path, name, _load(path, paths.trust_pickles))
     return records
 
 
-def _load(path: Path):
+def _load(path: Path, trust: bool = False):
     if not path.parent.is_dir():
         raise DataError(f"index file {path} not found: there is no index folder {path.parent}; {INDEX_SOURCE}")
     if not path.is_file():
         raise DataError(f"index file {path} not found; {INDEX_SOURCE}")
     try:
-        return torch.load(path, weights_only=True)
-    except Exception as safe_err:  # a disallowed type or a broken file: only the unsafe load can tell which
-        try:
-            data = torch.load(path, weights_only=False)
-        except Exception as err:
-            raise DataError(f"index file {path} is corrupt or not a torch file ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}); re-download or regenerate it "
-                            f"({INDEX_SOURCE})") from None
-        log.warning("index file %s needs weights_only=False (%s); loaded it as trusted data",
-                    path, str(safe_err).splitlines()[0] if str(safe_err) else type(safe_err).__name__)
-        return data
+        return torch_load(path, trust, what="index file")
+    except UnsafeFileError:
+        raise
+    except Exception as err:
+        raise DataError(f"index file {path} is corrupt or not a torch file ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); re-download or regenerate it "
+                        f"({INDEX_SOURCE})") from None
 
 
 def _parse(path: Path, name: str, data) -> list[Record]:

@@ -29,9 +29,29 @@ def cxcywh_to_xyxy(box: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
 
+# Side words a mirrored image must mirror: "left"/"right" alone or hyphenated (top-left, left-hand), and the
+# compounds written fused, with a position word before (topleft, bottomright, upperleft, farright) and/or a
+# suffix after (leftmost, lefthand, leftside, leftward). Words that merely contain the letters (bright, upright,
+# copyright, alright, leftover, righteous, rights) are not side words and stay.
+_PREFIXES = "top|bottom|upper|lower|far|mid|middle|center|centre|front|back"
+_SUFFIXES = "most|hand|handed|side|sides|ward|wards|er|est"
+_SIDE_WORD = re.compile(rf"(?<![A-Za-z])((?:{_PREFIXES})?)(left|right)((?:{_SUFFIXES})?)(?![A-Za-z])", re.IGNORECASE)
+
+
+def _mirror(m: re.Match) -> str:
+    side = m.group(2)
+    other = "right" if side.lower() == "left" else "left"
+    if side.isupper():
+        other = other.upper()
+    elif side[0].isupper():
+        other = other.capitalize()
+    return m.group(1) + other + m.group(3)
+
+
 def swap_left_right(text: str) -> str:
-    # Deviation from TransVG, which swaps substrings ("bright" -> "bleft"): only whole words are swapped.
-    return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", text)
+    """The expression of a horizontally flipped image: every side word mirrored (see _SIDE_WORD), case kept.
+    TransVG (datasets/transforms.py:154) replaces substrings, which turns "bright" into "bleft"."""
+    return _SIDE_WORD.sub(_mirror, text)
 
 
 def eval_geometry(width: int, height: int, image_size: int) -> tuple[float, int, int]:

@@ -61,14 +61,27 @@ def _read_config_file(path) -> dict:
     return data
 
 
+def _overrides(args):
+    """(method overrides, recipe overrides, --set overrides, run-id tag): --config file sections, then --set."""
+    from harness.options import overrides_tag, parse_sets
+    from harness.recipe import Recipe
+    from methods import method_class
+
+    config = _read_config_file(getattr(args, "config", None))
+    set_method, set_recipe = parse_sets(args.set, method_class(args.method).Config, Recipe, f"method '{args.method}'")
+    method = {**(config.get("method") or {}), **set_method}
+    recipe = {**(config.get("recipe") or {}), **set_recipe}
+    tag = "_".join(t for t in (args.tag, overrides_tag(set_method, set_recipe)) if t) or None
+    return config, method, recipe, {"method": set_method, "recipe": set_recipe}, tag
+
+
 def _cmd_run(args):
     from harness.train import RunConfig, run
 
-    if args.random_init and (args.vision_weights or args.language_weights):
-        raise HarnessError("--random-init contradicts --vision-weights/--language-weights: drop one")
-    config = _read_config_file(args.config)
+    if args.random_init and (args.vision_weights or args.language_weights or args.init_checkpoint):
+        raise HarnessError("--random-init contradicts --vision-weights/--language-weights/--init-checkpoint: drop one")
+    config, method, recipe, sets, tag = _overrides(args)
     data = config.get("data") or {}
-    recipe = dict(config.get("recipe") or {})
     recipe.update({k: v for k, v in {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
                                      "seed": args.seed, "num_workers": args.num_workers}.items() if v is not None})
     if args.amp:
@@ -76,10 +89,11 @@ def _cmd_run(args):
     cfg = RunConfig(method=args.method, dataset=args.dataset, preset=args.preset, data_root=args.data_root,
                     split_root=data.get("split_root"), image_root=data.get("image_root"),
                     image_dirs=data.get("image_dirs"), tokenizer=args.tokenizer, vision_weights=args.vision_weights,
-                    language_weights=args.language_weights, method_overrides=config.get("method") or {},
-                    recipe_overrides=recipe, device=args.device, output=args.output, work_dir=args.work_dir,
-                    tag=args.tag, resume=args.resume, skip_done=args.skip_done,
-                    synthetic_images=args.synthetic_images, stand_in_encoders=not args.random_init)
+                    language_weights=args.language_weights, init_checkpoint=args.init_checkpoint,
+                    method_overrides=method, recipe_overrides=recipe, set_overrides=sets, device=args.device,
+                    output=args.output, work_dir=args.work_dir, tag=tag, resume=args.resume,
+                    skip_done=args.skip_done, synthetic_images=args.synthetic_images,
+                    stand_in_encoders=not args.random_init, trust_pickles=args.trust_pickles)
     record = run(cfg)
     for split, res in record["results"].items():
         print(f"{record['dataset']} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
@@ -88,8 +102,11 @@ def _cmd_run(args):
 def _cmd_eval(args):
     from harness.train import evaluate_checkpoint
 
+    if args.batch_size < 1:
+        raise HarnessError(f"--batch-size must be >= 1, got {args.batch_size}")
     results = evaluate_checkpoint(args.checkpoint, args.dataset, data_root=args.data_root, device=args.device,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, tokenizer=args.tokenizer,
+                                  trust_pickles=args.trust_pickles)
     for split, res in results.items():
         print(f"{args.dataset} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
 
@@ -108,10 +125,11 @@ def _cmd_profile(args):
         return
     if not args.method:
         raise HarnessError("harness profile needs --method NAME (or --loader for the data loader alone)")
+    _, method, recipe, _, tag = _overrides(args)
     record = profile(args.method, preset=args.preset, batch_size=args.batch_size, device=args.device, amp=args.amp,
                      dataset=args.dataset, train_size=args.train_size, data_root=args.data_root, steps=args.steps,
-                     warmup=args.warmup, output=args.output, optimize=False if args.no_optimize else None,
-                     frozen_chunk=args.frozen_chunk, flops=not args.no_flops)
+                     warmup=args.warmup, output=args.output, runtime=args.runtime, frozen_chunk=args.frozen_chunk,
+                     flops=not args.no_flops, method_overrides=method, recipe_overrides=recipe, tag=tag)
     print(json.dumps(record, indent=2, sort_keys=True, default=str) if args.json else summary(record))
 
 
@@ -126,6 +144,16 @@ def _cmd_table(args):
 
     for path in build_tables(runs=args.runs, profiles=args.profiles, out=args.out):
         print(f"wrote {path}")
+
+
+TRUST_HELP = ("allow index, weight and checkpoint files that only a full (unsafe) unpickler reads; such a file "
+              "can run any code: use only for files from a source you trust")
+
+
+def _add_set(parser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a method or recipe option (repeatable): method.NAME=V, recipe.NAME=V or a "
+                             "bare NAME; V is YAML (true, 3, 1.0e-4, [a, b]); recorded and added to the run id")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "the stand-in pretrained ones (`harness pretrain`, made once and cached)")
     run.add_argument("--tokenizer", default=None, help="HF id, folder or vocab.txt (default: the BERT's)")
     run.add_argument("--config", default=None, help="YAML with method:, recipe: and data: overrides")
+    _add_set(run)
+    run.add_argument("--init-checkpoint", default=None,
+                     help="start from a whole-model checkpoint: TransVG's own ({'model': ...}, e.g. TransVG_R50_unc.pth) "
+                          "or one of this project's; the method is applied after loading")
+    run.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
     run.add_argument("--output", default="results/runs", help="folder for the run record")
     run.add_argument("--work-dir", default="runs", help="folder for checkpoints")
     run.add_argument("--tag", default=None, help="suffix for the run id (keeps variants apart)")
@@ -183,8 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "with --resume, a checkpoint of another configuration is discarded, not refused")
     run.set_defaults(func=_cmd_run)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint written by `harness run` on a dataset's splits")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint written by `harness run`, or TransVG's own "
+                                     "(e.g. TransVG_R50_unc.pth), on a dataset's splits")
     ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--tokenizer", default=None, help="HF id, folder or vocab.txt (default: the checkpoint's; "
+                                                      "a TransVG checkpoint has none)")
+    ev.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
     ev.add_argument("--dataset", required=True)
     ev.add_argument("--data-root", default=None, help="default: the synthetic data")
     ev.add_argument("--batch-size", type=int, default=64)
@@ -204,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--steps", type=int, default=20, help="timed steps (median; >= 20 for reported figures)")
     prof.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps")
     prof.add_argument("--json", action="store_true", help="print the record instead of a summary")
-    prof.add_argument("--no-optimize", action="store_true",
-                      help="without the numerics-preserving speed-ups (BatchNorm folding, channels-last, cuDNN autotune)")
+    prof.add_argument("--runtime", default=None, choices=["optimized", "released"],
+                      help="optimized (default: BatchNorm folding, fused attention, channels-last, cuDNN autotune) or "
+                           "released (the released TransVG/M2IST code's attention and settings, as the paper measured)")
+    _add_set(prof)
+    prof.add_argument("--tag", default=None, help="suffix for the profile record's name")
     prof.add_argument("--frozen-chunk", type=int, default=None,
                       help="run frozen (no-autograd) encoders in chunks of this many samples")
     prof.add_argument("--no-flops", action="store_true", help="skip the FLOP counts (quick memory/time sweeps)")

@@ -39,8 +39,9 @@ def precision_name(amp: bool) -> str:
     return "bf16-autocast" if amp else "fp32"
 
 
-def record_name(method: str, preset: str, device: str, precision: str, batch_size: int) -> str:
-    return f"{method}_{preset}_{device}_{precision}_b{batch_size}"
+def record_name(method: str, preset: str, device: str, precision: str, batch_size: int,
+                runtime: str = "optimized") -> str:
+    return f"{method}_{preset}_{device}_{precision}_b{batch_size}" + ("_released" if runtime == "released" else "")
 
 
 def _sync(device):
@@ -126,7 +127,8 @@ class _Trainer:
 def profile(method: str, preset: str = "tiny", batch_size: int | None = None, device: str = "auto",
             amp: bool = False, dataset: str = "unc", train_size: int | None = None, data_root=None,
             steps: int = 20, warmup: int = 5, output="results/profile", seed: int = 13, write: bool = True,
-            optimize: bool | None = None, frozen_chunk: int | None = None, flops: bool = True) -> dict:
+            runtime: str | None = None, frozen_chunk: int | None = None, flops: bool = True,
+            method_overrides: dict | None = None, recipe_overrides: dict | None = None, tag: str | None = None) -> dict:
     from datasets.catalog import get_spec
     from harness.flops import forward_flops, synthetic_batch, train_step_flops
     from harness.model import build_model, count_parameters
@@ -138,9 +140,9 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
         raise HarnessError(f"--steps must be >= 1 and --warmup >= 0 (got {steps}, {warmup})")
     dev = resolve_device(device)
     spec = get_spec(dataset)
-    meth = build_method(method)
-    recipe = build_recipe(preset, dataset, method_defaults(method)["recipe"],
-                          {"batch_size": batch_size, "amp": amp or None, "optimize": optimize,
+    meth = build_method(method, method_overrides)
+    recipe = build_recipe(preset, dataset, method_defaults(method)["recipe"], recipe_overrides,
+                          {"batch_size": batch_size, "amp": amp or None, "runtime": runtime,
                            "frozen_chunk": frozen_chunk})
     if recipe.amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise HarnessError("--amp uses bf16 autocast, which this GPU does not support: drop --amp")
@@ -202,10 +204,12 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
     env["torch_threads"] = torch.get_num_threads()
-    name = record_name(method, preset, dev.type, precision, bs)
+    name = record_name(method, preset, dev.type, precision, bs, recipe.runtime)
+    if tag:
+        name = f"{name}_{tag}"
     identity = {"kind": "profile", "method": method, "method_config": asdict(meth.config), "preset": preset,
                 "dataset": dataset, "device": dev.type, "precision": precision, "batch_size": bs,
-                "optimize": recipe.optimize, "frozen_chunk": recipe.frozen_chunk,
+                "runtime": recipe.runtime, "frozen_chunk": recipe.frozen_chunk, "recipe": asdict(recipe),
                 "steps": steps, "warmup": warmup, "seed": seed}
     record = {
         "schema": records.SCHEMA_VERSION, "kind": "profile", "run_id": name, "method": method,
@@ -219,7 +223,8 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
         "weights": {"vision": None, "language": None, "pretrained": False,
                     "note": "random init: weights do not change the figures"},
         "env": env, "device": dev.type, "device_name": env["device_name"], "precision": precision,
-        "batch_size": bs, "image_size": model.config.image_size, "params": params,
+        "batch_size": bs, "image_size": model.config.image_size, "runtime": recipe.runtime,
+        "overrides": {"method": method_overrides or {}, "recipe": recipe_overrides or {}}, "params": params,
         "flops": {"forward": fwd, "train_step": step_flops} if flops else {}, "memory": memory, "time": time_fig,
         "results": {}, "status": "ok", "error": None, "created_at": records.now(),
         "config_hash": records.config_hash(identity),
@@ -242,7 +247,7 @@ def summary(record: dict) -> str:
              if f else "FLOPs: not counted (--no-flops)")
     lines = [
         f"{record['method']} | preset {record['preset']} | {record['device_name']} | {record['precision']} | "
-        f"batch {record['batch_size']} | {record['image_size']} px",
+        f"{record['runtime']} runtime | batch {record['batch_size']} | {record['image_size']} px",
         f"params: tunable (encoder-side) {p['encoder_side_trainable'] / 1e6:.2f}M ({p['percent_encoder_side']:.2f}%)"
         f", all trainable {p['trainable'] / 1e6:.2f}M, total {p['total'] / 1e6:.2f}M",
         flops,

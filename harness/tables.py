@@ -67,6 +67,12 @@ def _batch(r: dict):
     return r.get("batch_size") or r["recipe"].get("batch_size")
 
 
+def _runtime(r: dict) -> str:
+    """released (the released code's attention and no speed-ups) or optimized; older records had `optimize`."""
+    recipe = r["recipe"]
+    return recipe.get("runtime") or ("optimized" if recipe.get("optimize", True) else "unoptimized (no BN folding)")
+
+
 def _newest(records: list[dict]) -> list[dict]:
     """One record per key (method or variant, dataset, source kind): the newest."""
     best = {}
@@ -168,12 +174,15 @@ def _efficiency_figures(r: dict) -> dict:
 
 
 def efficiency_tables(profiles: list[dict], runs: list[dict]):
-    """(heading, table, records, memory notes) per (preset, device, precision, batch)."""
+    """(heading, table, records, memory notes) per (preset, device, precision, batch, runtime)."""
     pool = [r for r in profiles + runs if r["status"] == "ok"]
-    keys = sorted({(r["preset"], _device_name(r), _precision(r), _batch(r)) for r in pool}, key=str)
+
+    def group(r):
+        return r["preset"], _device_name(r), _precision(r), _batch(r), _runtime(r)
+
     out = []
-    for key in keys:
-        members = [r for r in pool if (r["preset"], _device_name(r), _precision(r), _batch(r)) == key]
+    for key in sorted({group(r) for r in pool}, key=str):
+        members = [r for r in pool if group(r) == key]
         chosen = {}  # method -> record: a profile record if any, else the newest run on unc, else the newest run
         for r in sorted(members, key=lambda r: (r["kind"] == "profile", r["dataset"] == "unc", r["created_at"])):
             chosen[row_name(r)] = r
@@ -201,8 +210,8 @@ def efficiency_tables(profiles: list[dict], runs: list[dict]):
         short = [m for m, f in figs.items() if f["timed_steps"] is not None and f["timed_steps"] < 20]
         if short:
             notes.append(f"fewer than 20 timed steps (smoke figures, not for reporting): {', '.join(sorted(short))}")
-        preset, device, precision, batch = key
-        out.append((f"preset {preset}, {device}, {precision}, batch {batch}", pd.DataFrame(rows),
+        preset, device, precision, batch, runtime = key
+        out.append((f"preset {preset}, {device}, {precision}, batch {batch}, {runtime} runtime", pd.DataFrame(rows),
                     list(chosen.values()), notes))
     return out
 
@@ -310,7 +319,11 @@ def build_tables(runs="results/runs", profiles="results/profile", out="results")
              "AdamW state included); CPU = a proxy (saved activations + params + grads + AdamW), not comparable "
              "with GPU figures; CPU run records give no memory figure (process RSS only)\n"
              "- time: median over timed steps after warm-up; epoch (extrap.) = steps per epoch x median step, "
-             "(meas.) = measured epoch; source = profile record or run record\n")
+             "(meas.) = measured epoch; source = profile record or run record\n"
+             "- runtime: released = the released TransVG/M2IST code's conditions (nn.MultiheadAttention with "
+             "need_weights=True and BERT's explicit attention, both keeping the attention maps for backward; no "
+             "BatchNorm folding, channels-last or cuDNN autotuning: the paper's Fig. 1 conditions); optimized = "
+             "BatchNorm folding, fused attention (SDPA), channels-last and cuDNN autotuning on CUDA\n")
     for heading, table, _, notes in effs:
         text += f"\n## {heading}\n\n{_markdown(table)}\n"
         text += "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")

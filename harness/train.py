@@ -33,7 +33,8 @@ from harness.evaluate import evaluate
 from harness.flops import forward_flops, train_step_flops
 from harness.losses import rec_loss
 from harness.model import build_model, count_parameters
-from harness.model.weights import load_language_weights, load_vision_weights
+from harness.model.weights import (state_dict_of, load_language_weights, load_vision_weights,
+                                   load_whole_model_state, read_checkpoint)
 from harness.pretrain import PretrainConfig, ensure_pretrained, weights_source
 from harness.recipe import Recipe, build_recipe
 from methods import apply_method, build_method, method_defaults
@@ -55,8 +56,10 @@ class RunConfig:
     tokenizer: str | None = None  # default: the language weights' folder, else bert-base-uncased
     vision_weights: str | None = None
     language_weights: str | None = None
+    init_checkpoint: str | None = None  # a whole model: TransVG's checkpoint layout or one of ours (no method modules)
     method_overrides: dict = field(default_factory=dict)
     recipe_overrides: dict = field(default_factory=dict)
+    set_overrides: dict = field(default_factory=dict)  # what --set gave (also in method/recipe_overrides), recorded
     device: str = "auto"
     output: str = "results/runs"
     work_dir: str = "runs"
@@ -68,6 +71,7 @@ class RunConfig:
     # With no weights given, the tiny preset on synthetic data starts from the stand-in pretrained encoders
     # (`harness pretrain`, made once and cached) instead of random ones: PETL on random features measures nothing.
     stand_in_encoders: bool = False
+    trust_pickles: bool = False  # allow files that only the full (unsafe) unpickler reads (datasets/safe_load.py)
 
     @property
     def run_id(self) -> str:
@@ -106,11 +110,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
-    """The recipe's runtime settings (see Recipe.optimize / frozen_chunk), after the method is applied."""
-    if recipe.optimize:
+    """The recipe's runtime settings (Recipe.runtime / frozen_chunk), after the method is applied."""
+    if recipe.runtime == "optimized":
         model.optimize_for_training(channels_last=device.type == "cuda")
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest convolution once
+    else:  # released: explicit attention that keeps its N x N maps, as nn.MultiheadAttention(need_weights=True)
+        model.set_eager_attention(True)
+    if device.type == "cuda":  # fixed input shapes: pick the fastest convolution once (not in the released code)
+        torch.backends.cudnn.benchmark = recipe.runtime == "optimized"
     model.frozen_chunk_size = recipe.frozen_chunk
 
 
@@ -159,14 +165,14 @@ def resolve_data(cfg: RunConfig, rank: int):
         images = cfg.synthetic_images or SYNTH_DEFAULT_IMAGES
         root = rank0_first(lambda: synthetic_root(cfg.cache_dir, images), rank)
         return resolve_paths(root), str(root / "vocab.txt"), "synthetic", {"seed": SYNTH_SEED, "images": images}
-    paths = resolve_paths(cfg.data_root, cfg.split_root, cfg.image_root, cfg.image_dirs)
+    paths = resolve_paths(cfg.data_root, cfg.split_root, cfg.image_root, cfg.image_dirs, cfg.trust_pickles)
     tokenizer = cfg.tokenizer or cfg.language_weights or "bert-base-uncased"
     return paths, tokenizer, "real", {"root": str(cfg.data_root)}
 
 
 def with_stand_in_encoders(cfg: RunConfig, data_kind: str, rank: int) -> RunConfig:
     if not (cfg.stand_in_encoders and cfg.preset == "tiny" and data_kind == "synthetic"
-            and cfg.vision_weights is None and cfg.language_weights is None):
+            and cfg.vision_weights is None and cfg.language_weights is None and cfg.init_checkpoint is None):
         return cfg
     log = (lambda msg: None) if rank else print
     root, _ = rank0_first(lambda: ensure_pretrained(PretrainConfig(preset="tiny"), cache_dir=cfg.cache_dir, log=log),
@@ -182,8 +188,9 @@ def build_loader(dataset, batch_size: int, train: bool, recipe: Recipe, rank: in
                    else list(range(rank, len(dataset), world)))  # eval: shard without padding duplicates
     else:
         sampler = RandomSampler(dataset, generator=epoch_gen) if train else None
+    # TransVG/M2IST train.py: drop_last=True for the train split (no partial last step), never for evaluation
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=recipe.num_workers, drop_last=False,
+                      num_workers=recipe.num_workers, drop_last=train,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
@@ -219,6 +226,8 @@ def run(cfg: RunConfig) -> dict:
         "tokenizer": tok_source if data_kind == "real" else "synthetic vocab.txt",
         "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights}, "world_size": world,
     }
+    if cfg.init_checkpoint:  # only where given, so that records written before it existed keep their hash
+        identity["weights"]["init_checkpoint"] = cfg.init_checkpoint
     chash = records.config_hash(identity)
     run_dir = Path(cfg.work_dir) / cfg.run_id
     done = Path(cfg.output) / f"{cfg.run_id}.json"
@@ -236,8 +245,12 @@ def run(cfg: RunConfig) -> dict:
     model = build_model(cfg.preset, max_query_len=spec.max_query_len,
                         vocab_size=vocab_size_for(cfg.preset, tokenizer))
     load_reports = []
+    if cfg.init_checkpoint:
+        ckpt = read_checkpoint(cfg.init_checkpoint, cfg.trust_pickles)
+        load_reports.append(load_whole_model_state(model, state_dict_of(ckpt, cfg.init_checkpoint),
+                                                   str(cfg.init_checkpoint)))
     if cfg.vision_weights:
-        load_reports.append(load_vision_weights(model, cfg.vision_weights))
+        load_reports.append(load_vision_weights(model, cfg.vision_weights, cfg.trust_pickles))
     if cfg.language_weights:
         load_reports.append(load_language_weights(model, cfg.language_weights))
     if rank == 0:
@@ -255,8 +268,10 @@ def run(cfg: RunConfig) -> dict:
                            augment=recipe.augment, max_query_len=spec.max_query_len)
     eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, model.config.image_size, train=False,
                                max_query_len=spec.max_query_len) for s in spec.eval_splits}
-    if len(train_set) == 0:
-        raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} is empty")
+    if len(train_set) < recipe.batch_size * world:
+        raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} has {len(train_set)} "
+                           f"samples, fewer than one batch of {recipe.batch_size * world} (the last partial batch "
+                           "is dropped, as TransVG): lower --batch-size")
 
     optimizer = build_optimizer(method, model, recipe)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, recipe.lr_drop, gamma=0.1)
@@ -268,7 +283,7 @@ def run(cfg: RunConfig) -> dict:
     state = {"epoch": 0, "step": 0, "best": {"accuracy": -1.0, "epoch": None}, "history": [], "step_times": [],
              "iteration_times": [], "epoch_times": []}
     last = run_dir / "last.pth"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False) if cfg.resume and last.exists() else None
+    ckpt = read_checkpoint(last, cfg.trust_pickles) if cfg.resume and last.exists() else None
     if ckpt is not None and ckpt["config_hash"] != chash:
         if not cfg.skip_done:
             raise HarnessError(f"{last} belongs to a run with another configuration: delete {run_dir} "
@@ -302,7 +317,7 @@ def run(cfg: RunConfig) -> dict:
 
     best = run_dir / "best.pth"
     if best.exists():
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
+        model.load_state_dict(read_checkpoint(best, cfg.trust_pickles)["model"])
     results = {}
     for split, dataset in eval_sets.items():
         loader = build_loader(dataset, recipe.batch_size, False, recipe, rank, world)
@@ -314,8 +329,10 @@ def run(cfg: RunConfig) -> dict:
         "dataset_label": spec.label if data_kind == "real" else f"synthetic ({spec.label}-style)",
         "data": data_kind, "data_desc": data_desc, "preset": cfg.preset, "model_config": model.config.to_dict(),
         "recipe": asdict(recipe), "config_hash": chash,
+        "overrides": cfg.set_overrides,
         "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights,
-                    "pretrained": bool(cfg.vision_weights or cfg.language_weights),
+                    "init_checkpoint": cfg.init_checkpoint,
+                    "pretrained": bool(cfg.vision_weights or cfg.language_weights or cfg.init_checkpoint),
                     "source": weights_source(cfg.vision_weights, cfg.language_weights),
                     "loaded": [r.summary() for r in load_reports]},
         "env": records.environment(device), "world_size": world, "params": params,
@@ -429,15 +446,35 @@ def _time_figures(state, recipe: Recipe, train_size: int) -> dict:
     }
 
 
-def load_checkpoint_for_eval(path):
-    """(model, meta) from a checkpoint this project wrote (last.pth or best.pth)."""
+def load_checkpoint_for_eval(path, trust: bool = False):
+    """(model, meta) from a checkpoint this project wrote (last.pth or best.pth), or from TransVG's own
+    checkpoint layout (a TransVG model = full fine-tuning; its meta names no tokenizer)."""
+    from harness.model import PRESETS, build_model
     from harness.model.config import config_from_dict
     from harness.model.transvg import TransVG
-    from harness.model.weights import read_checkpoint
+    from harness.model.weights import is_transvg_state, transvg_shapes
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trust)
+    sd = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if isinstance(sd, dict) and "meta" not in ckpt and is_transvg_state(sd):
+        shapes = transvg_shapes(sd)
+        preset = next((name for name, c in PRESETS.items()
+                       if (c.fusion.d_model, c.vision.d_model, c.language.hidden)
+                       == (shapes["fusion"], shapes["vision"], shapes["language"])), None)
+        if preset is None:
+            raise HarnessError(f"{path}: a TransVG checkpoint of widths {shapes} matches no preset "
+                               f"({', '.join(PRESETS)})")
+        max_query_len = shapes["positions"] - 1 - PRESETS[preset].visual_tokens
+        model = build_model(preset, max_query_len=max_query_len, vocab_size=shapes["vocab_size"])
+        report = load_whole_model_state(model, sd, str(path))
+        print(report.summary())
+        apply_method(build_method("full"), model)
+        meta = {"method": "full", "method_config": {}, "model_config": model.config.to_dict(), "preset": preset,
+                "tokenizer": None, "data": "real", "data_desc": {}, "source": "TransVG checkpoint"}
+        return model, meta
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
-        raise HarnessError(f"{path} is not a checkpoint written by `harness run` (no 'meta'/'model' entries)")
+        raise HarnessError(f"{path} is neither a checkpoint written by `harness run` (no 'meta'/'model' entries) "
+                           "nor a TransVG checkpoint ({'model': visumodel.*, textmodel.bert.*, ...})")
     meta = ckpt["meta"]
     model = TransVG(config_from_dict(meta["model_config"]))
     apply_method(build_method(meta["method"], meta["method_config"]), model)
@@ -449,16 +486,22 @@ def load_checkpoint_for_eval(path):
 
 
 def evaluate_checkpoint(path, dataset: str, data_root=None, split_root=None, image_root=None, device="auto",
-                        batch_size: int = 64, splits=None, cache_dir=None, synthetic_images=None) -> dict:
-    """Scores on `dataset`; without a data root, on the synthetic set the checkpoint was trained with."""
-    model, meta = load_checkpoint_for_eval(path)
+                        batch_size: int = 64, splits=None, cache_dir=None, synthetic_images=None, tokenizer=None,
+                        trust_pickles: bool = False) -> dict:
+    """Scores on `dataset`; without a data root, on the synthetic set the checkpoint was trained with.
+    `tokenizer` (HF id, folder or vocab.txt) replaces the checkpoint's; a TransVG checkpoint needs it."""
+    model, meta = load_checkpoint_for_eval(path, trust_pickles)
     device = resolve_device(device)
     spec = get_spec(dataset)
+    tokenizer = tokenizer or meta["tokenizer"]
+    if tokenizer is None:
+        raise HarnessError(f"{path} is a TransVG checkpoint, which carries no tokenizer: pass --tokenizer (an HF id "
+                           "such as bert-base-uncased in the local cache, a BERT folder or a vocab.txt)")
     if synthetic_images is None and meta["data"] == "synthetic":
         synthetic_images = meta["data_desc"]["images"]
     cfg = RunConfig(method=meta["method"], dataset=dataset, data_root=data_root, split_root=split_root,
-                    image_root=image_root, tokenizer=meta["tokenizer"] if data_root else None, cache_dir=cache_dir,
-                    synthetic_images=synthetic_images)
+                    image_root=image_root, tokenizer=tokenizer if data_root else None, cache_dir=cache_dir,
+                    synthetic_images=synthetic_images, trust_pickles=trust_pickles)
     paths, tok_source, _, _ = resolve_data(cfg, 0)
     tokenizer = build_tokenizer(tok_source)
     if len(tokenizer) != model.config.language.vocab_size:
@@ -473,4 +516,3 @@ def evaluate_checkpoint(path, dataset: str, data_root=None, split_root=None, ima
                         max_query_len=model.config.max_query_len)
         out[split] = evaluate(model, build_loader(ds, batch_size, False, recipe, 0, 1), device)
     return out
-

@@ -3,7 +3,6 @@ defaults in `<name>.yaml` beside it (`method:` = the method's hyper-parameters, 
 the training recipe, each with a comment saying where it comes from)."""
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import pkgutil
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from harness.errors import HarnessError
+from harness.options import check_values
 from methods.base import Method
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -41,16 +41,17 @@ def method_defaults(name: str) -> dict:
     return {"method": data.get("method") or {}, "recipe": data.get("recipe") or {}}
 
 
-def build_method(name: str, overrides: dict | None = None) -> Method:
+def method_class(name: str) -> type[Method]:
     if name not in method_names():
         raise HarnessError(f"unknown method '{name}': choose one of {', '.join(method_names())}")
-    cls = _REGISTRY[name]
-    values = {**method_defaults(name)["method"], **(overrides or {})}
-    known = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise HarnessError(f"unknown option(s) {', '.join(unknown)} for method '{name}'; "
-                           f"known: {', '.join(sorted(known)) or 'none'}")
+    return _REGISTRY[name]
+
+
+def build_method(name: str, overrides: dict | None = None) -> Method:
+    cls = method_class(name)
+    if overrides is not None and not isinstance(overrides, dict):
+        raise HarnessError(f"a method section must be a mapping of option: value, got {overrides!r}")
+    values = check_values(cls.Config, {**method_defaults(name)["method"], **(overrides or {})}, f"method '{name}'")
     try:
         return cls(cls.Config(**values))
     except (TypeError, ValueError) as err:

@@ -25,14 +25,19 @@ Adapted to this model:
 - injection is scoped to those two sub-modules, because peft marks everything else in the module it is
   given as frozen: the V-L fusion transformer (also nn.MultiheadAttention) and the head stay trainable
   and un-adapted;
-- rank 64 in both branches at the paper preset, alpha = r (scale 1): 2,359,296 (BERT) + 589,824 (DETR) =
-  2,949,120 encoder-side parameters, comparable to M2IST's 3.19M; scaled with the branch width on other
-  presets (tiny: 5 for BERT, 8 for DETR);
+- rank 64 in both branches at the paper preset: 2,359,296 (BERT) + 589,824 (DETR) = 2,949,120 encoder-side
+  parameters, comparable to M2IST's 3.19M; scaled with the branch width on other presets (tiny: 5 for BERT,
+  8 for DETR);
+- `alpha` is peft's lora_alpha at the paper preset (the update enters as (alpha / r) B A); on other presets
+  it scales with the rank, so each branch keeps the paper preset's alpha / r. Default null = alpha = r
+  (scale 1). The LoRA authors' released scripts (microsoft/LoRA @c4593f0) use r 8 with alpha 16, i.e.
+  alpha = 2r: `--set method.alpha=128` at rank 64;
 - gradients flow through the frozen encoders to the LoRA factors, so the encoders run with autograd.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 from functools import lru_cache
 
 import torch
@@ -49,7 +54,7 @@ from methods.modules import scaled
 class LoRAConfig(MethodConfig):
     rank_vision: int = 64  # at DETR d = 256; scaled with the width on other presets
     rank_language: int = 64  # at BERT h = 768
-    alpha_over_rank: float = 1.0  # lora_alpha = this * r, i.e. the update is scaled by this factor
+    alpha: Optional[float] = None  # peft lora_alpha at the paper preset; None = the rank (scale alpha / r = 1)
     dropout: float = 0.0
     targets_vision: list = field(default_factory=lambda: ["self_attn"])
     targets_language: list = field(default_factory=lambda: ["query", "value"])
@@ -57,6 +62,8 @@ class LoRAConfig(MethodConfig):
     def __post_init__(self):
         if min(self.rank_vision, self.rank_language) < 1:
             raise ValueError("LoRA ranks must be positive")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ValueError(f"alpha must be positive (or null for alpha = r), got {self.alpha}")
 
 
 @lru_cache(maxsize=None)
@@ -119,7 +126,8 @@ class LoRA(Method):
                 ("vision", model.visumodel.encoder, c.rank_vision, c.targets_vision),
                 ("language", model.textmodel.bert, c.rank_language, c.targets_language)):
             r = scaled(ranks, branch, model.config)
-            config = LoraConfig(r=r, lora_alpha=c.alpha_over_rank * r, lora_dropout=c.dropout,
+            scale = 1.0 if c.alpha is None else c.alpha / ranks  # alpha / r at the paper preset
+            config = LoraConfig(r=r, lora_alpha=scale * r, lora_dropout=c.dropout,
                                 target_modules=list(targets), bias="none")
             inject_adapter_in_model(config, module)
             fix_mha_out_proj_scaling(module)

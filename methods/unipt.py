@@ -1,44 +1,59 @@
 """UniPT: a parallel network per branch over the frozen encoders' layer outputs (no autograd in the encoders).
 
 Paper: H. Diao, B. Wan, Y. Zhang, X. Jia, H. Lu, L. Chen, "UniPT: Universal Parallel Tuning for Transfer
-Learning with Efficient Parameter and Memory", CVPR 2024 (arXiv 2308.14316); the module follows the
-official transformer variant (github:Paranioar/UniPT, VSE-infty/lib/adapter_for_transformer.py). For the
-hidden states h_0..h_N of a frozen encoder (h_0 its input, h_N its output):
-1. F_i = LN(Linear(d -> m)(h_i)) for every i (one projection per layer);
-2. anchor F_N and its masked mean a;
-3. parallel interaction (no parameters), for i < N: W_i = L1norm_rows(ReLU(F_N F_i^T (.) key mask)) + I,
-   F'_i = W_i F_i;
-4. confidence aggregation: c_i = Linear(m -> 1)(a (.) masked_mean(F_i)), softmax over the N layers,
-   F^c = sum_i c_i F'_i; output ReLU(F_N + LN(Linear(m -> m)(F^c))) -> Linear(m -> d).
+Learning with Efficient Parameter and Memory", CVPR 2024 (arXiv 2308.14316). The released code
+(github:Paranioar/UniPT @3fa457d) has two transformer instances; both are here (`instance`):
+
+- `grounding` (default): the encoder-side module of UniPT's RefCOCO experiment on MDETR
+  (MDETR/models/transformer.py L78-131, L134-166, L237-263). Of the hidden states [h_0 (input), h_1, ...,
+  h_{N-1}] it reads `select_layers` ([1, 3, 5] for MDETR's 6 layers; the input h_0 is in the list but not
+  selected), and the final output h_N as the anchor:
+    A = LN(Linear(d -> m)(h_N)) (its own downsample), F_i = LN(Linear(d -> m)(h_i)) per selected layer;
+    W_i = L1norm_rows(ReLU(A F_i^T (.) key mask)) + I (eps 1e-7), F'_i = W_i F_i;
+    c_i = Linear(m -> 1)(masked_mean(A) (.) masked_mean(F_i)), softmax over the selected layers,
+    F^c = sum_i c_i F'_i; S = A + MLP(F^c) with MLP = Linear(m -> 2m) -> ReLU -> Linear(2m -> m) -> LN(m);
+    output LN(d)(Linear(m -> d)(ReLU(S))) (`side_final_upsample`);
+  side weights (dim > 1) xavier-uniform, biases and LayerNorms PyTorch's defaults (L119-131).
+- `vse`: the VSE-infinity instance (VSE-infty/lib/adapter_for_transformer.py): every hidden state h_0..h_{N-1}
+  (the input included), the anchor's downsample is the last of the per-state list, projection Linear(m -> m)
+  -> LN(m), output ReLU -> Linear(m -> d) without a final LN, L1 eps 1e-8, PyTorch default initialisation.
+
+Why `grounding` is the default: it is what UniPT ran for REC, the task of this suite, on a DETR-style encoder
+like TransVG's vision branch; `vse` is the instance for image-text retrieval.
 
 Adapted to this model (TransVG; UniPT itself was shown on VSE-infinity, CLIP4Clip, CLIP-ViL and MDETR):
-- one such network per branch, both encoders run under torch.no_grad() (`encoders_need_grad` False) and
-  the networks read their recorded taps, so no encoder activation is kept for backward: the method's
-  memory saving. Vision: the DETR encoder input (input_proj(C5) flattened, no position embedding) and the
-  6 layer outputs (7 states at the paper preset); language: the BERT embedding output and the 12 layer
-  outputs (13, as HF's output_hidden_states);
-- the output enters through the model's side seam, i.e. it is ADDED to the branch's final features before
-  visu_proj / text_proj (UniPT's VSE and MDETR instances replace the features with it; here the frozen
-  features stay and the network learns a correction, the same seam M2IST uses);
+- one network per branch (MDETR runs one joint image+text encoder; TransVG has two), both encoders run under
+  torch.no_grad() (`encoders_need_grad` False) and the networks read their recorded layer outputs, so no
+  encoder activation is kept for backward: the method's memory saving;
+- layer choice on other depths: `select_layers: null` takes every second layer output from h_1 below the
+  anchor, {1, 3, ..., < N}: MDETR's [1, 3, 5] for the 6 DETR layers, [1, 3, 5, 7, 9, 11] for BERT's 12;
+- MDETR's decoder-side module and its crosser have no counterpart (TransVG has no decoder); in MDETR the
+  decoder-side output replaces the decoder output and the encoder-side output only feeds it. Here each
+  branch's output is ADDED to the branch's final features before visu_proj / text_proj (the model's side
+  seam, the one M2IST uses), so the frozen features stay and the network learns a correction; with the
+  grounding output's LayerNorm the correction is not zero at step 0;
 - padding: the branch masks (True = pad) drive the masked means and zero the padded keys of the
-  interaction, as UniPT's length masks do; padded query rows are computed but never read by the fusion;
-- widths: m = d/2 = 128 for vision (UniPT's MDETR instance uses d_side = d_model // 2 = 128 with DETR
-  d = 256); m = 256 for language (= h/3; chosen for a budget comparable to the other baselines and to
-  M2IST's 3.19M, and equal to the fusion width 256; UniPT's VSE uses m = embed/2). At the paper preset:
-  281,985 (vision) + 2,829,825 (language) = 3,111,810 side parameters; m_language = 128 gives 1,680,898.
-  Widths scale with the branch width on other presets (tiny: 16 and 21);
-- initialisation: PyTorch defaults, as the official code.
+  interaction, as UniPT's masks do; padded query rows are computed but never read by the fusion;
+- widths: MDETR's rule m = d_model // 2 in both branches: 128 for vision (DETR d = 256) and 384 for language
+  (BERT h = 768). With the grounding instance that gives 232,449 + 2,961,793 = 3,194,242 side parameters at
+  the paper preset, M2IST's 3.19M budget. Widths scale with the branch width on other presets (tiny: 16 and
+  32). `harness methods` gives the counts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
 from methods import register
 from methods.base import Method, MethodConfig, freeze_encoders
 from methods.modules import branch_width, scaled
+
+
+INSTANCES = ("grounding", "vse")
 
 
 def _masked_mean(x, valid):
@@ -47,31 +62,59 @@ def _masked_mean(x, valid):
     return (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
 
 
-class UniPTBranch(nn.Module):
-    """UniPT's transformer module for one branch: `num_states` hidden states of width `width` -> a (B, N,
-    width) correction."""
+def default_select_layers(num_layers: int) -> list[int]:
+    """Every second layer output from h_1 below the anchor h_N: MDETR's [1, 3, 5] for 6 layers."""
+    return list(range(1, num_layers, 2))
 
-    def __init__(self, num_states: int, width: int, m: int, eps: float = 1e-8):
+
+def _down(width: int, m: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(width, m), nn.LayerNorm(m))
+
+
+class UniPTBranch(nn.Module):
+    """UniPT's transformer module for one branch: hidden states [h_0 (input), h_1, ..., h_N (output)] of width
+    `width` -> a (B, N_tokens, width) correction. `instance` and the layer choice: see the module docstring."""
+
+    def __init__(self, num_layers: int, width: int, m: int, instance: str = "grounding", select_layers=None):
         super().__init__()
-        if num_states < 2:
-            raise ValueError("UniPT needs at least the encoder input and one layer output")
-        self.downsample = nn.ModuleList(nn.Sequential(nn.Linear(width, m), nn.LayerNorm(m)) for _ in range(num_states))
+        if instance not in INSTANCES:
+            raise ValueError(f"instance must be one of {', '.join(INSTANCES)}, got {instance!r}")
+        self.instance = instance
+        if instance == "vse":  # h_0..h_{N-1} each with its own downsample, the last one also the anchor's
+            self.select = list(range(num_layers))
+            self.downsample = nn.ModuleList(_down(width, m) for _ in range(num_layers + 1))
+            self.projection = nn.Sequential(nn.Linear(m, m), nn.LayerNorm(m))
+            self.upsample = nn.Sequential(nn.ReLU(), nn.Linear(m, width))
+            self.eps = 1e-8
+        else:
+            self.select = default_select_layers(num_layers) if select_layers is None else list(select_layers)
+            if not self.select or any(not 0 <= i < num_layers for i in self.select):
+                raise ValueError(f"select_layers must be a non-empty list of indices into [h_0 (input), h_1, ..., "
+                                 f"h_{num_layers - 1}], got {self.select}")
+            self.anchor_downsample = _down(width, m)
+            self.downsample = nn.ModuleList(_down(width, m) for _ in self.select)
+            self.projection = nn.Sequential(nn.Linear(m, 2 * m), nn.ReLU(), nn.Linear(2 * m, m), nn.LayerNorm(m))
+            self.upsample = nn.Sequential(nn.ReLU(), nn.Linear(m, width), nn.LayerNorm(width))
+            self.eps = 1e-7
         self.gate = nn.Linear(m, 1)
-        self.projection = nn.Sequential(nn.Linear(m, m), nn.LayerNorm(m))
-        self.upsample = nn.Sequential(nn.ReLU(), nn.Linear(m, width))
-        self.eps = eps
+        if instance == "grounding":  # MDETR transformer.py L119-131: xavier on every side weight with dim > 1
+            for p in self.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
 
     def forward(self, states: list, pad_mask: torch.Tensor) -> torch.Tensor:
-        if len(states) != len(self.downsample):
-            raise ValueError(f"UniPT branch built for {len(self.downsample)} hidden states, got {len(states)}")
+        """states: [h_0 (input), h_1, ..., h_N (final output)], each (B, N_tokens, width)."""
         valid = ~pad_mask
         key_mask = valid.unsqueeze(1).to(states[-1].dtype)  # (B, 1, N): padded keys get zero weight
-        anchor = self.downsample[-1](states[-1])  # F_N (B, N, m)
+        if self.instance == "vse":
+            anchor, downs = self.downsample[-1](states[-1]), self.downsample[:-1]
+        else:
+            anchor, downs = self.anchor_downsample(states[-1]), self.downsample
         anchor_mean = _masked_mean(anchor, valid)
         eye = torch.eye(anchor.shape[1], device=anchor.device, dtype=anchor.dtype)
         merged, confidence = [], []
-        for down, h in zip(self.downsample[:-1], states[:-1]):
-            target = down(h)  # F_i
+        for down, i in zip(downs, self.select):
+            target = down(states[i])  # F_i
             weights = torch.relu(anchor @ target.transpose(1, 2) * key_mask)
             weights = weights / (weights.abs().sum(dim=-1, keepdim=True) + self.eps) + eye
             merged.append(weights @ target)  # F'_i
@@ -102,10 +145,16 @@ class UniPTSide(nn.Module):
 
 @dataclass
 class UniPTConfig(MethodConfig):
+    instance: str = "grounding"  # grounding (MDETR/RefCOCO) | vse (VSE-infinity); see the module docstring
     width_vision: int = 128  # m at DETR d = 256 (d/2, UniPT's MDETR d_side); scaled on other presets
-    width_language: int = 256  # m at BERT h = 768 (budget choice, see the module docstring)
+    width_language: int = 384  # m at BERT h = 768 (h/2, MDETR's d_model // 2 rule)
+    # grounding only: indices into [h_0 (input), h_1, ...]; null = every second layer output from h_1
+    select_layers_vision: Optional[list] = None
+    select_layers_language: Optional[list] = None
 
     def __post_init__(self):
+        if self.instance not in INSTANCES:
+            raise ValueError(f"instance must be one of {', '.join(INSTANCES)}, got {self.instance!r}")
         if min(self.width_vision, self.width_language) < 1:
             raise ValueError("UniPT widths must be positive")
 
@@ -113,7 +162,7 @@ class UniPTConfig(MethodConfig):
 @register
 class UniPT(Method):
     name = "unipt"
-    summary = "UniPT parallel networks over all frozen layer outputs; encoders without autograd"
+    summary = "UniPT parallel networks over frozen layer outputs (MDETR grounding instance); no encoder autograd"
     Config = UniPTConfig
 
     @property
@@ -124,8 +173,13 @@ class UniPT(Method):
         cfg, c = model.config, self.config
         freeze_encoders(model)
         branches = {}
-        for branch, layers, m in (("vision", cfg.vision.layers, c.width_vision),
-                                  ("language", cfg.language.layers, c.width_language)):
-            branches[branch] = UniPTBranch(layers + 1, branch_width(cfg, branch), scaled(m, branch, cfg))
+        for branch, layers, m, select in (("vision", cfg.vision.layers, c.width_vision, c.select_layers_vision),
+                                          ("language", cfg.language.layers, c.width_language,
+                                           c.select_layers_language)):
+            try:
+                branches[branch] = UniPTBranch(layers, branch_width(cfg, branch), scaled(m, branch, cfg),
+                                               c.instance, select)
+            except ValueError as err:
+                raise HarnessError(f"UniPT {branch}: {err} (preset '{cfg.name}' has {layers} layers)") from None
         device = next(model.visu_proj.parameters()).device
         model.side = UniPTSide(**branches).to(device)

@@ -41,22 +41,23 @@ def expected_method_prefixes(name, cfg):
     vision, language = layer_prefixes(cfg)
     slots = [p + s for p in vision for s in ("attn_adapter.", "ffn_adapter.")]
     slots += [p + s for p in language for s in ("attention.output.adapter.", "output.adapter.")]
-    if name == "adapter":
-        return slots
+    norms = [p + f"norm{k}.{w}" for p in vision for k in (1, 2) for w in ("weight", "bias")]
+    norms += [p + f"{s}LayerNorm.{w}" for p in language for s in ("attention.output.", "output.")
+              for w in ("weight", "bias")]
+    if name == "adapter":  # Houlsby: every LayerNorm, BERT's embedding LayerNorm included
+        return slots + norms + [f"textmodel.bert.embeddings.LayerNorm.{w}" for w in ("weight", "bias")]
     if name == "vlpet":
-        norms = [p + f"norm{k}.{w}" for p in vision for k in (1, 2) for w in ("weight", "bias")]
-        norms += [p + f"{s}LayerNorm.{w}" for p in language for s in ("attention.output.", "output.")
-                  for w in ("weight", "bias")]
         return slots + norms
     if name == "lora":
         factors = [f"lora_{ab}.default.weight" for ab in "AB"]
         return ([p + f"self_attn.{f}" for p in vision for f in factors]
                 + [p + f"self_attn.base_layer.out_proj.{f}" for p in vision for f in factors]
                 + [p + f"attention.self.{q}.{f}" for p in language for q in ("query", "value") for f in factors])
-    if name == "unipt":
-        return ([f"side.vision.downsample.{i}." for i in range(cfg.vision.layers + 1)]
-                + [f"side.language.downsample.{i}." for i in range(cfg.language.layers + 1)]
-                + [f"side.{b}.{m}." for b in ("vision", "language") for m in ("gate", "projection", "upsample")])
+    if name == "unipt":  # grounding instance: every second layer output from h_1 (tiny: [1] and [1, 3])
+        return ([f"side.vision.downsample.{i}." for i in range(len(range(1, cfg.vision.layers, 2)))]
+                + [f"side.language.downsample.{i}." for i in range(len(range(1, cfg.language.layers, 2)))]
+                + [f"side.{b}.{m}." for b in ("vision", "language")
+                   for m in ("anchor_downsample", "gate", "projection", "upsample")])
     raise KeyError(name)
 
 
@@ -147,8 +148,9 @@ def test_lora_gradients_reach_every_factor():
 
 
 # ---- peft's nn.MultiheadAttention wrapper -------------------------------------------------------------------
-def test_lora_mha_is_the_merged_attention_in_eval_with_weights_and_padding():
-    model = tuned_model("lora").eval()
+@pytest.mark.parametrize("alpha, scale", [(None, 1.0), (128.0, 2.0)])  # alpha at the paper preset's rank 64
+def test_lora_mha_is_the_merged_attention_in_eval_with_weights_and_padding(alpha, scale):
+    model = tuned_model("lora", alpha=alpha).eval()
     attn = model.visumodel.encoder.layers[0].self_attn
     for n, p in attn.named_parameters():
         if "lora_B" in n:
@@ -161,7 +163,6 @@ def test_lora_mha_is_the_merged_attention_in_eval_with_weights_and_padding():
     # reference: a plain nn.MultiheadAttention with W + (alpha / r) B A in in_proj and out_proj
     base = attn.get_base_layer()
     out_lora = base.out_proj
-    scale = build_method("lora").config.alpha_over_rank  # LoRA's alpha / r
 
     def delta(layer):
         return scale * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
@@ -249,15 +250,22 @@ def bottleneck_params(w, r):
     return 2 * w * r + r + w  # down (w->r) and up (r->w), with biases
 
 
-def unipt_branch_params(states, w, m):
-    return states * (w * m + m + 2 * m) + (m + 1) + (m * m + m + 2 * m) + (m * w + w)
+def unipt_branch_params(layers, w, m, instance):
+    down = w * m + m + 2 * m  # Linear(w -> m) + LN(m)
+    if instance == "vse":  # every state h_0..h_N, projection Linear(m -> m) + LN, output ReLU -> Linear(m -> w)
+        return (layers + 1) * down + (m + 1) + (m * m + m + 2 * m) + (m * w + w)
+    # grounding: anchor + every second layer output from h_1; MLP m -> 2m -> m + LN; output Linear(m -> w) + LN(w)
+    selected = len(range(1, layers, 2))
+    return (1 + selected) * down + (m + 1) + (2 * m * m + 2 * m + 2 * m * m + m + 2 * m) + (m * w + w + 2 * w)
 
 
 def expected_paper_count(name, c):
     cfg = PRESETS["paper"]
     d, lv, h, ll = cfg.vision.d_model, cfg.vision.layers, cfg.language.hidden, cfg.language.layers
     if name == "adapter":
-        return 2 * lv * bottleneck_params(d, c.bottleneck_vision) + 2 * ll * bottleneck_params(h, c.bottleneck_language)
+        norms = (2 * lv * 2 * d + (2 * ll + 1) * 2 * h) if c.train_layer_norms else 0
+        return (2 * lv * bottleneck_params(d, c.bottleneck_vision) + 2 * ll * bottleneck_params(h, c.bottleneck_language)
+                + norms)
     if name == "lora":  # DETR: packed in_proj (d -> 3d) and out_proj (d -> d); BERT: query and value (h -> h)
         rv, rl = c.rank_vision, c.rank_language
         return lv * (rv * (d + 3 * d) + rv * (d + d)) + ll * 2 * rl * (h + h)
@@ -265,12 +273,15 @@ def expected_paper_count(name, c):
         return (lv * (2 * 2 * bottleneck_params(d, c.rank_vision) + 2 * 2 * d)
                 + ll * (2 * 2 * bottleneck_params(h, c.rank_language) + 2 * 2 * h))
     if name == "unipt":
-        return unipt_branch_params(lv + 1, d, c.width_vision) + unipt_branch_params(ll + 1, h, c.width_language)
+        return (unipt_branch_params(lv, d, c.width_vision, c.instance)
+                + unipt_branch_params(ll, h, c.width_language, c.instance))
     raise KeyError(name)
 
 
 @pytest.mark.parametrize("name, options", [("adapter", {}), ("lora", {}), ("vlpet", {}), ("unipt", {}),
+                                           ("adapter", {"train_layer_norms": False}),
                                            ("vlpet", {"rank_language": 96, "rank_vision": 32}),
+                                           ("unipt", {"instance": "vse", "width_language": 256}),
                                            ("unipt", {"width_language": 128})])
 def test_paper_encoder_side_count(name, options):
     method = build_method(name, options)
@@ -281,3 +292,31 @@ def test_paper_encoder_side_count(name, options):
     assert counted == expected_paper_count(name, method.config)
     if not options:  # defaults are budget-matched to M2IST's 3.19M tunable parameters
         assert 2.5e6 < counted < 3.5e6
+
+
+# ---- UniPT instances ------------------------------------------------------------------------------------------
+def test_unipt_grounding_reads_the_selected_layers_and_the_anchor_only():
+    """MDETR's instance: [h_0 (input), h_1, ..., h_{N-1}] with select_layers, the final output h_N as anchor;
+    the VSE instance reads every state, the input included."""
+    for instance, read in (("grounding", {1, 3, 4}), ("vse", {0, 1, 2, 3, 4})):  # tiny language: 4 layers
+        model = tuned_model("unipt", instance=instance).eval()
+        net = model.side.language
+        g = torch.Generator().manual_seed(0)
+        states = [torch.randn(2, 5, model.config.language.hidden, generator=g) for _ in range(5)]
+        pad = torch.zeros(2, 5, dtype=torch.bool)
+        with torch.no_grad():
+            base = net(states, pad)
+            for i in range(5):
+                moved = [s + 1.0 if j == i else s for j, s in enumerate(states)]
+                changed = not torch.allclose(net(moved, pad), base)
+                assert changed == (i in read), (instance, i)
+
+
+def test_unipt_paper_counts_quoted_in_the_yaml():
+    counts = {}
+    for key, options in (("grounding", {}), ("vse_256", {"instance": "vse", "width_language": 256})):
+        with torch.device("meta"):
+            model = build_model("paper")
+            apply_method(build_method("unipt", options), model)
+        counts[key] = count_parameters(model)["encoder_side_trainable"]
+    assert counts == {"grounding": 3_194_242, "vse_256": 3_111_810}

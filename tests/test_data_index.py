@@ -1,6 +1,4 @@
 """Index files in TransVG's exact tuple formats -> records; every bad input -> one DataError line."""
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -77,14 +75,14 @@ def test_image_dirs_override(root):
     assert paths.image_dir("referit") == root / "ln_data" / "referit/images"
 
 
-def test_unsafe_file_falls_back_with_a_log_line(root, caplog):
-    path = write_index(root, "unc", "val", [("a.jpg", 1, np.array(XYWH), "x", [])])
+def test_numpy_boxes_load_safely_through_the_allow_list(root):
+    """Index files with numpy boxes (and numpy scalars) need more than torch's default weights_only set; the
+    allow-list admits them without the unsafe unpickler."""
+    path = write_index(root, "unc", "val", [("a.jpg", np.int64(1), np.array(XYWH), "x", [])])
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)
-    with caplog.at_level(logging.WARNING, logger="datasets.index"):
-        records = load_split(resolve_paths(root), "unc", "val")
+    records = load_split(resolve_paths(root), "unc", "val")
     assert records[0].box == (10.0, 20.0, 40.0, 60.0)
-    assert [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
 
 
 def test_missing_data_root(tmp_path):

@@ -15,11 +15,31 @@ from datasets.transforms import (RandomSelect, RandomSizeCrop, box_to_pixels, cx
                                  make_transforms, swap_left_right, xyxy_to_cxcywh)
 
 
-def test_swap_left_right_whole_words_only():
-    assert swap_left_right("left of the bright leftover copyright right") == \
-        "right of the bright leftover copyright left"
-    assert swap_left_right("the left-hand one, right?") == "the right-hand one, left?"
-    assert swap_left_right("upright") == "upright"
+SIDE_WORDS = [  # (expression, its mirror): whole words, hyphenated and fused compounds, case kept
+    ("left of the square right", "right of the square left"),
+    ("the left-hand one, right?", "the right-hand one, left?"),
+    ("leftmost cup", "rightmost cup"), ("the rightmost", "the leftmost"),
+    ("topleft corner", "topright corner"), ("bottomright", "bottomleft"), ("upperleft", "upperright"),
+    ("top-left", "top-right"), ("bottom right", "bottom left"), ("far-right guy", "far-left guy"),
+    ("farleft", "farright"), ("lefthand side", "righthand side"), ("leftside", "rightside"),
+    ("left-side", "right-side"), ("righthanded", "lefthanded"), ("leftward", "rightward"),
+    ("left-most", "right-most"), ("Left Man", "Right Man"), ("RIGHT", "LEFT"), ("left.", "right."),
+    ("2nd from left", "2nd from right"), ("(left)", "(right)"), ("lefter one", "righter one"),
+]
+NOT_SIDE_WORDS = ["bright", "upright", "copyright", "alright", "leftover", "leftovers", "righteous", "rights",
+                  "downright", "outright", "birthright", "brightest", "frightened", "wright", "cleft", "brighter"]
+
+
+@pytest.mark.parametrize("text, mirrored", SIDE_WORDS)
+def test_swap_left_right_mirrors_every_side_word(text, mirrored):
+    assert swap_left_right(text) == mirrored
+    assert swap_left_right(mirrored) == text
+
+
+@pytest.mark.parametrize("word", NOT_SIDE_WORDS)
+def test_swap_left_right_keeps_words_that_only_contain_the_letters(word):
+    assert swap_left_right(word) == word
+    assert swap_left_right(f"the {word} one on the left") == f"the {word} one on the right"
 
 
 def test_flip_twice_is_identity():

@@ -118,7 +118,7 @@ def test_efficiency_table(folders):
     runs, profiles, out = folders
     groups = efficiency_tables(read_folder(profiles), read_folder(runs))
     by_heading = {h: (t.set_index("method"), notes) for h, t, _, notes in groups}
-    cpu, notes = by_heading["preset tiny, CPU (x86_64, 2 cores, 2 threads), fp32, batch 2"]
+    cpu, notes = by_heading["preset tiny, CPU (x86_64, 2 cores, 2 threads), fp32, batch 2, optimized runtime"]
     # profile records are preferred over the run records of the same group
     assert list(cpu.index) == ["full", "frozen", "zeta", "m2ist", "m2ist [parallel]"]
     assert cpu.loc["full", "source"] == "profile" and cpu.loc["zeta", "source"] == "run unc_zeta_tiny"
@@ -129,7 +129,7 @@ def test_efficiency_table(folders):
     assert cpu.loc["full", "fwd GFLOPs (b=1)"] == "0.16" and cpu.loc["full", "fwd GMACs (b=1)"] == "0.08"
     assert cpu.loc["zeta", "peak memory (GiB)"] == ""  # a CPU run record has no training-memory figure
     assert any("CPU proxy" in n for n in notes)
-    gpu, _ = by_heading["preset tiny, NVIDIA H100 80GB HBM3, fp32, batch 64"]
+    gpu, _ = by_heading["preset tiny, NVIDIA H100 80GB HBM3, fp32, batch 64, optimized runtime"]
     assert gpu.loc["m2ist", "peak memory (GiB)"] == "15.000" and gpu.loc["m2ist", "memory % of full"] == ""
 
     build_tables(runs, profiles, out)

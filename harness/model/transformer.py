@@ -43,7 +43,8 @@ class EncoderLayer(nn.Module):
         self.attn_adapter: nn.Module | None = None
         self.ffn_adapter: nn.Module | None = None
         # need_weights=True makes nn.MultiheadAttention take its explicit bmm/softmax path instead of the
-        # fused kernel, so FLOP counters see the attention matmuls (profiling only).
+        # fused kernel (SDPA): what the released TransVG/M2IST code runs (recipe `runtime: released`), and
+        # what FLOP counters need to see the attention matmuls.
         self.eager_attention = False
 
     def forward(self, src, pos, key_padding_mask, taps: Taps | None = None):

@@ -84,7 +84,8 @@ class TransVG(nn.Module):
         return self.visumodel.encoder.layers if branch == "vision" else self.textmodel.layers
 
     def set_eager_attention(self, eager: bool = True):
-        """Explicit attention matmuls everywhere (for FLOP counting); numerically the same model."""
+        """Explicit attention matmuls everywhere, keeping the attention maps for backward (FLOP counting; the
+        released runtime); the same function up to float rounding."""
         for layer in list(self.visumodel.encoder.layers) + list(self.vl_transformer.layers):
             layer.eager_attention = eager
         self.textmodel.set_eager_attention(eager)

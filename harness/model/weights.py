@@ -5,6 +5,12 @@
   transformer.encoder.* -> visumodel.encoder.*; the decoder and detection heads are reported as ignored.
 - language: a Hugging Face BERT (hub id from the local cache, or a folder with config.json and
   model.safetensors / pytorch_model.bin); transformers handles `bert.` prefixes and gamma/beta names.
+- whole model: TransVG's own checkpoints (djiajunustc/TransVG @c862427 train.py saves {'model': state_dict,
+  'optimizer', 'lr_scheduler', 'epoch', 'args', 'val_accu'}; 622 keys, shared/reference/checkpoints.md section 3):
+  visumodel.backbone.0.body.* / visumodel.transformer.encoder.* / vl_transformer.encoder.* are renamed, BERT
+  (pytorch_pretrained_bert names = HF names; gamma/beta accepted) and the fusion keys map one to one, BERT's
+  pooler is ignored (TransVG never reads it). Or a checkpoint of this project whose model has no method
+  modules (full, frozen).
 Every key the branch has must be found with the right shape, or loading stops with a message saying so.
 Weights load into the bare model, before a method adds or wraps modules.
 """
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from datasets.safe_load import UnsafeFileError, torch_load
 from harness.errors import HarnessError
 
 # DETR parts that a REC vision encoder does not use (TransVG builds DETR with 0 decoder layers).
@@ -40,34 +47,30 @@ class LoadReport:
                 f"{len(self.unexpected)} unexpected, {len(self.ignored)} ignored (unused by this model)")
 
 
-def read_checkpoint(path) -> dict:
-    """torch.load a trusted checkpoint: weights_only first; TransVG/DETR files also pickle an argparse
-    Namespace under "args", which only the full unpickler reads."""
+def read_checkpoint(path, trust: bool = False):
+    """torch.load a checkpoint or weight file safely (datasets/safe_load.py): DETR's and TransVG's files pickle an
+    argparse Namespace under "args", which the allow-list admits; anything else needs `trust`."""
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"checkpoint {path} not found: pass an existing file")
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "weights_only" not in str(err):
-                raise
-            print(f"note: {path} holds non-tensor objects (e.g. argparse args); loading it as a trusted file")
-            return torch.load(path, map_location="cpu", weights_only=False)
+        return torch_load(path, trust, what="checkpoint")
+    except UnsafeFileError:
+        raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise HarnessError(f"checkpoint {path} is corrupt or not a torch file ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:120]})") from None
 
 
-def _state_dict_of(ckpt, path) -> dict:
+def state_dict_of(ckpt, path) -> dict:
     sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise HarnessError(f"{path} holds no state dict (expected a dict of tensors, or one under 'model')")
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def load_vision_weights(model, path) -> LoadReport:
-    return load_vision_state(model, _state_dict_of(read_checkpoint(path), path), str(path))
+def load_vision_weights(model, path, trust: bool = False) -> LoadReport:
+    return load_vision_state(model, state_dict_of(read_checkpoint(path, trust), path), str(path))
 
 
 def load_vision_state(model, sd: dict, source: str = "state dict") -> LoadReport:
@@ -136,3 +139,54 @@ def _check_and_load(model, target: dict, mapped: dict, report: LoadReport, expec
                            f"expected {expected}")
     model.load_state_dict(mapped, strict=False)
     report.loaded = len(mapped)
+
+
+# TransVG checkpoint key -> ours (models/trans_vg.py, visual_model/detr.py, vl_transformer.py at c862427)
+TRANSVG_TO_MODEL = (("visumodel.backbone.0.body.", "visumodel.backbone."), ("visumodel.input_proj.", "visumodel.input_proj."),
+                    ("visumodel.transformer.encoder.", "visumodel.encoder."), ("textmodel.bert.", "textmodel.bert."),
+                    ("vl_transformer.encoder.", "vl_transformer."), ("vl_pos_embed.", "vl_pos_embed."),
+                    ("reg_token.", "reg_token."), ("visu_proj.", "visu_proj."), ("text_proj.", "text_proj."),
+                    ("bbox_embed.", "bbox_embed."))
+# keys a TransVG checkpoint may hold that this model does not use, with the reason
+TRANSVG_IGNORED = {"textmodel.bert.pooler.": "BERT's pooler (TransVG reads the last hidden layer only)",
+                   "textmodel.bert.embeddings.position_ids": "a constant buffer (0, 1, 2, ...)"}
+
+
+def is_transvg_state(sd: dict) -> bool:
+    return any(k.startswith(("visumodel.backbone.0.body.", "visumodel.transformer.")) for k in sd)
+
+
+def transvg_shapes(sd: dict) -> dict:
+    """What a TransVG state dict says about the model it fits: widths, query length, vocabulary."""
+    try:
+        return {"fusion": sd["vl_pos_embed.weight"].shape[1], "vision": sd["visu_proj.weight"].shape[1],
+                "language": sd["text_proj.weight"].shape[1], "positions": sd["vl_pos_embed.weight"].shape[0],
+                "vocab_size": sd["textmodel.bert.embeddings.word_embeddings.weight"].shape[0]}
+    except KeyError as err:
+        raise HarnessError(f"the TransVG checkpoint lacks {err.args[0]}: not a whole TransVG model") from None
+
+
+def load_whole_model_state(model, sd: dict, source: str) -> LoadReport:
+    """A TransVG checkpoint (or one of this project's, of a model without method modules) into the bare model:
+    every key of the model must be found with its shape; unused TransVG keys are reported as ignored."""
+    report = LoadReport("whole-model", source)
+    if not is_transvg_state(sd):
+        _check_and_load(model, model.state_dict(), sd, report, "a TransVG checkpoint or a `harness run` checkpoint "
+                        "of a method without inserted modules (full, frozen)")
+        return report
+    mapped = {}
+    for key, value in sd.items():
+        if key.startswith(tuple(TRANSVG_IGNORED)) or key.endswith("num_batches_tracked"):
+            report.ignored.append(key)  # FrozenBatchNorm2d keeps no num_batches_tracked (as TransVG's)
+            continue
+        new = next((dst + key[len(src):] for src, dst in TRANSVG_TO_MODEL if key.startswith(src)), None)
+        if new is None:
+            report.unexpected.append(key)
+            continue
+        if new.startswith("textmodel.") and new.endswith((".gamma", ".beta")):  # old BERT dumps name LayerNorms so
+            new = new[: new.rindex(".")] + (".weight" if new.endswith(".gamma") else ".bias")
+        mapped[new] = value
+    _check_and_load(model, model.state_dict(), mapped, report,
+                    "TransVG's checkpoint layout (visumodel.*, textmodel.bert.*, vl_transformer.encoder.*, vl_pos_embed, "
+                    "reg_token, visu_proj, text_proj, bbox_embed) at this preset's sizes")
+    return report

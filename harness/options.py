@@ -1,0 +1,106 @@
+"""Typed option values for the dataclasses behind recipes and methods, and `--set KEY=VALUE` overrides.
+
+Values come from YAML (method files, --config files, --set), so they arrive as YAML types; each is checked
+against the field's annotation before any work starts, and a wrong one is a one-line HarnessError.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+
+import yaml
+
+from harness.errors import HarnessError
+
+
+def _accepts(annotation, value) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:  # YAML reads 1e-4 as a string (no dot); 1.0e-4 and 3 are numbers
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        args = typing.get_args(annotation)
+        return isinstance(value, (list, tuple)) and (not args or all(_accepts(args[0], v) for v in value))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _type_name(annotation) -> str:
+    """int | null, list, ... in YAML's words."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def check_values(cls, values: dict, what: str) -> dict:
+    """`values` checked against the fields of dataclass `cls`: unknown keys and wrong types are one line each.
+    Floats also take numbers YAML reads as strings ('1e-4'), the one YAML pitfall worth forgiving."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise HarnessError(f"unknown {what} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}")
+    out = {}
+    for key, value in values.items():
+        annotation = hints[key]
+        if isinstance(value, str) and _accepts(annotation, 1.5) and not _accepts(annotation, value):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not _accepts(annotation, value):
+            raise HarnessError(f"{what} option {key} must be {_type_name(annotation)}, got {value!r} "
+                               f"({type(value).__name__})")
+        out[key] = value
+    return out
+
+
+def parse_sets(items, method_config_cls, recipe_cls, method_label: str = "method") -> tuple[dict, dict]:
+    """`--set KEY=VALUE` items -> (method overrides, recipe overrides). KEY is `method.NAME`, `recipe.NAME`,
+    or a bare NAME that exactly one of the two has; VALUE is read as YAML (true, 3, 1.0e-4, [a, b], null)."""
+    method_keys = {f.name for f in dataclasses.fields(method_config_cls)}
+    recipe_keys = {f.name for f in dataclasses.fields(recipe_cls)}
+    method, recipe = {}, {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise HarnessError(f"--set {item!r}: expected KEY=VALUE, e.g. --set method.double_layernorm=false")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise HarnessError(f"--set {item!r}: {text!r} is not a YAML value") from None
+        section, _, name = key.rpartition(".")
+        if section not in ("", "method", "recipe"):
+            raise HarnessError(f"--set {item!r}: KEY is method.NAME, recipe.NAME or a bare NAME")
+        if not section:
+            owners = [s for s, keys in (("method", method_keys), ("recipe", recipe_keys)) if name in keys]
+            if len(owners) != 1:
+                raise HarnessError(f"--set {item!r}: {name} is " + ("both a method and a recipe option: write "
+                                   f"method.{name} or recipe.{name}" if owners else
+                                   f"neither a method option ({', '.join(sorted(method_keys)) or 'none'}) nor a "
+                                   f"recipe option ({', '.join(sorted(recipe_keys))})"))
+            section = owners[0]
+        (method if section == "method" else recipe)[name] = value
+    return check_values(method_config_cls, method, method_label), check_values(recipe_cls, recipe, "recipe")
+
+
+def overrides_tag(method: dict, recipe: dict) -> str | None:
+    """A run-id suffix naming the --set overrides (file-name safe), so that variants never share a run id."""
+    parts = [f"{k}-{yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+             for section in (recipe, method) for k, v in sorted(section.items())]
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "", "_".join(parts)) or None

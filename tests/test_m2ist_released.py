@@ -1,0 +1,149 @@
+"""M2IST as released: the default `m2ist` model computes what the released code computes.
+
+The reference below is an independent re-statement of the released forward (xuyang-liu16/M2IST @bd50919:
+models/trans_vg_lt.py forward, models/visual_model/transformer.py forward_post, models/language_model/med.py
+BertSelfOutput / BertLayer / BertEncoder with `if i < 6`, models/adapter.py), written from the layer-by-layer
+description in shared/reference/m2ist.md 1.2 and review-round2.md with plain tensor operations on the model's
+weights: none of the project's attention, BERT, slot, tap or side code runs in it. Only the ResNet trunk (timm,
+FrozenBatchNorm) and DETR's sine position embedding are called as modules; M2IST does not touch them.
+As in the review, BERT's token-type embedding is zeroed (BLIP's med.py has none) and the check runs in float64.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from methods import apply_method, build_method
+from helpers import random_batch, tiny_model
+
+
+def ln(x, norm):
+    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+
+
+def lin(x, linear):
+    return F.linear(x, linear.weight, linear.bias)
+
+
+def heads_split(x, heads):
+    b, n, d = x.shape
+    return x.reshape(b, n, heads, d // heads).transpose(1, 2)
+
+
+def attention(q, k, v, heads, pad):
+    """softmax(Q K^T / sqrt(d_head)) V over heads; `pad` (B, N_k) True = padded key."""
+    q, k, v = (heads_split(t, heads) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+    out = scores.softmax(-1) @ v
+    return out.transpose(1, 2).flatten(2)
+
+
+def mha(module, query, key, value, pad):
+    """nn.MultiheadAttention as DETR calls it (packed in_proj, out_proj)."""
+    w, b, d = module.in_proj_weight, module.in_proj_bias, query.shape[-1]
+    q, k, v = (F.linear(x, w[i * d:(i + 1) * d], b[i * d:(i + 1) * d]) for i, x in enumerate((query, key, value)))
+    return F.linear(attention(q, k, v, module.num_heads, pad), module.out_proj.weight, module.out_proj.bias)
+
+
+def post_norm_layer(layer, src, pos, pad):
+    """DETR / TransVG forward_post: (attention output, post-attention LN output, FFN output, layer output)."""
+    a = mha(layer.self_attn, src + pos, src + pos, src, pad)
+    x1 = ln(src + a, layer.norm1)
+    f = lin(F.relu(lin(x1, layer.linear1)), layer.linear2)
+    return a, x1, f, ln(x1 + f, layer.norm2)
+
+
+def released_boxes(model, image, image_mask, word_ids, word_mask):
+    side, bert = model.side, model.textmodel.bert
+    # ---- vision: ResNet C5 -> input_proj -> 6 DETR layers with M2IST's vision adapters read off the side
+    feat = model.visumodel.backbone.forward_features(image)
+    vmask = F.interpolate(image_mask[None].float(), size=feat.shape[-2:])[0].to(torch.bool)
+    pos = model.visumodel.position(vmask).to(feat.dtype).flatten(2).transpose(1, 2)
+    proj = model.visumodel.input_proj
+    src = F.conv2d(feat, proj.weight, proj.bias).flatten(2).transpose(1, 2)
+    vmask = vmask.flatten(1)
+    x, vis_sum = src, 0
+    for i, layer in enumerate(model.visumodel.encoder.layers):
+        a, _, f, x = post_norm_layer(layer, x, pos, vmask)
+        down = side.vis_mha[i].down
+        t = lin(F.relu(lin(a, down)), side.iea[i])  # IEA_i(ReLU(vis_downsample_mha(a))), no scale
+        vea = side.vea[i]
+        v = 0.1 * lin(F.relu(lin(ln(f, vea.norm), vea.down)), vea.up)  # Adapter_vis
+        vis_sum = vis_sum + t + v
+    vis_delta = vis_sum + src  # + input_src (no position embedding)
+
+    # ---- language: BLIP-style BERT (no token types), layers i < n_adapted with the double LayerNorm
+    emb = bert.embeddings
+    positions = torch.arange(word_ids.shape[1])
+    h = ln(emb.word_embeddings.weight[word_ids] + emb.position_embeddings.weight[positions], emb.LayerNorm)
+    embedding_output = h
+    tpad = ~word_mask.to(torch.bool)
+    n_adapted = len(side.lea)
+    txt_sum = 0
+    for i, layer in enumerate(bert.encoder.layer):
+        sa, so = layer.attention.self, layer.attention.output
+        ctx = attention(lin(h, sa.query), lin(h, sa.key), lin(h, sa.value), bert.config.num_attention_heads, tpad)
+        h1 = ln(lin(ctx, so.dense) + h, so.LayerNorm)
+        main = ln(h1 + h, so.LayerNorm) if i < n_adapted else h1  # med.py:291,304: LN_att applied twice
+        f = lin(F.gelu(lin(main, layer.intermediate.dense)), layer.output.dense)
+        if i < n_adapted:
+            txt = side.txt_mha[i]
+            dd = F.relu(lin(h1, txt.down))  # the side reads the single-LN h1
+            m = ln(torch.cat([lin(dd, txt.up), lin(dd, side.iea[i])], -1), so.LayerNorm)
+            lea = side.lea[i]
+            l_ = ln(0.1 * lin(F.relu(lin(ln(f, lea.norm), lea.down)), lea.up), layer.output.LayerNorm)
+            txt_sum = txt_sum + m + l_
+        h = ln(f + main, layer.output.LayerNorm)
+    txt_delta = txt_sum + embedding_output
+
+    # ---- fusion: [REG] + text + visual tokens, 6 post-norm layers, MLP + sigmoid on [REG]
+    bsz = image.shape[0]
+    tokens = torch.cat([model.reg_token.weight.expand(bsz, -1, -1), lin(h + txt_delta, model.text_proj),
+                        lin(x + vis_delta, model.visu_proj)], 1)
+    pad = torch.cat([torch.zeros(bsz, 1, dtype=torch.bool), tpad, vmask], 1)
+    vl_pos = model.vl_pos_embed.weight.unsqueeze(0).expand(bsz, -1, -1)
+    for layer in model.vl_transformer.layers:
+        tokens = post_norm_layer(layer, tokens, vl_pos, pad)[3]
+    out = tokens[:, 0]
+    for j, linear in enumerate(model.bbox_embed.layers):
+        out = lin(out, linear)
+        if j < len(model.bbox_embed.layers) - 1:
+            out = F.relu(out)
+    return out.sigmoid()
+
+
+def m2ist_float64(**options):
+    model = tiny_model(seed=3)
+    apply_method(build_method("m2ist", options), model)
+    with torch.no_grad():
+        model.textmodel.bert.embeddings.token_type_embeddings.weight.zero_()
+        for p in model.side.parameters():  # adapters away from their init, so every piece shows in the boxes
+            p.add_(0.05 * torch.randn_like(p))
+    return model.double().eval()
+
+
+def batch64(model):
+    image, image_mask, word_ids, word_mask, _ = random_batch(model, batch_size=3, seed=5)
+    return image.double(), image_mask, word_ids, word_mask
+
+
+def test_default_m2ist_is_the_released_forward_in_float64():
+    model = m2ist_float64()
+    batch = batch64(model)
+    with torch.no_grad():
+        ours, released = model(*batch), released_boxes(model, *batch)
+    assert (ours - released).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("runtime_eager", [False, True])
+def test_single_layernorm_variant_is_not_the_released_forward(runtime_eager):
+    """The check above can fail: the documented variant (frozen BERT forward untouched) differs from it."""
+    model = m2ist_float64(double_layernorm=False)
+    model.set_eager_attention(runtime_eager)
+    batch = batch64(model)
+    with torch.no_grad():
+        assert (model(*batch) - released_boxes(model, *batch)).abs().max() > 1e-6
