@@ -7,7 +7,8 @@
 #   ./run_all.sh --random-init [--epochs N] [--force]   the same suite from random encoders -> results/random_init/
 #   ./run_all.sh --transfer [--epochs N] [--force]      every method on unc with the full tiny recipe (50 epochs),
 #                                                       from the stand-in and from random encoders -> results/transfer/
-#   ./run_all.sh --efficiency                           paper-preset profiles on CUDA, batch 64, fp32 + bf16
+#   ./run_all.sh --efficiency                           paper-preset profiles on CUDA, batch 64, fp32 + bf16,
+#                                                       optimized and released runtimes
 #   ./run_all.sh --paper --data-root DIR --weights DIR  real data, paper recipe; DIR of weights holds
 #                                                       detr-r50-{unc,gref,referit}.pth and bert-base-uncased/
 set -euo pipefail
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
         --random-init) mode=random_init ;;
         --transfer) mode=transfer ;;
         --epochs) epochs="$2"; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
     esac
     shift
@@ -93,13 +94,17 @@ case "$mode" in
         exit 0
         ;;
     efficiency)
-        # FLOPs do not depend on the precision: counted once, in the fp32 profiles
-        for precision in fp32 bf16; do
-            for m in $methods; do
-                echo "== profile $m ($precision) =="
-                extra=(); [ "$precision" = bf16 ] && extra=(--amp --no-flops)
-                harness profile --method "$m" --preset paper --batch-size 64 --device cuda "${extra[@]}" \
-                    --dataset unc --train-size 120624
+        # Both runtimes: optimized (this suite's default) and released (the released code's attention and settings,
+        # the paper's Fig. 1 conditions). FLOPs depend on neither the precision nor the runtime: counted once.
+        for runtime in optimized released; do
+            for precision in fp32 bf16; do
+                for m in $methods; do
+                    echo "== profile $m ($precision, $runtime runtime) =="
+                    extra=(); { [ "$precision" = bf16 ] || [ "$runtime" = released ]; } && extra=(--no-flops)
+                    [ "$precision" = bf16 ] && extra+=(--amp)
+                    harness profile --method "$m" --preset paper --batch-size 64 --device cuda "${extra[@]}" \
+                        --runtime "$runtime" --dataset unc --train-size 120624
+                done
             done
         done
         ;;

@@ -9,8 +9,8 @@ p() { harness profile --preset paper --batch-size 64 --device cuda --steps 10 --
         --output "$out/profiles" "$@" | grep -E "^(full|frozen|m2ist|unipt|adapter|lora|vlpet) |memory:|step:" ; }
 for amp in "" --amp; do
     echo "### precision: ${amp:-fp32}"
-    echo "## before (no BN folding, no channels-last, no cuDNN autotune, whole-batch frozen forward)"
-    for m in full frozen m2ist; do p --method $m $amp --no-optimize; done
+    echo "## before: the released runtime (explicit attention keeping its maps, no BN folding, no channels-last, no cuDNN autotune)"
+    for m in full frozen m2ist; do p --method $m $amp --runtime released; done
     echo "## after"
     p --method full $amp
     for m in frozen m2ist; do for c in 0 16 8; do

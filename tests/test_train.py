@@ -165,6 +165,13 @@ def test_frozen_leaves_every_encoder_parameter_without_gradient():
             assert p.grad is not None, name
 
 
+def test_train_loader_drops_the_last_partial_batch_eval_keeps_it():
+    """TransVG/M2IST train.py: drop_last=True for training only."""
+    recipe = build_recipe("tiny", "unc", {"num_workers": 0})
+    assert len(train_mod.build_loader(list(range(10)), 4, True, recipe, 0, 1, torch.Generator())) == 2
+    assert len(train_mod.build_loader(list(range(10)), 4, False, recipe, 0, 1)) == 3
+
+
 def test_cli_errors_are_one_line(cache, tmp_path, capsys):
     assert main(["run", "--method", "nope", "--dataset", "unc"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
