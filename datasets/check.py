@@ -1,4 +1,5 @@
-"""`harness data check`: count a dataset's records and validate every one (image, box, expression)."""
+"""`harness data check`: count a dataset's records and validate every one (image, box, expression), and a data card:
+per-split expressions, refs (distinct image + box) and images, set against the published sizes where known."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,11 +11,25 @@ from datasets.errors import DataError
 from datasets.index import load_split
 
 
+# Published expression counts per split. unc: REFER/RefCOCO (Yu et al. 2016), as every REC paper reports them;
+# referit: TransVG's referit splits (the Berkeley referit_query_*.json without the 3 images its builder skips),
+# counted from ronghanghu/text_objseg's copy of those files. The others are the commonly quoted figures that
+# shared/reference/datasets.md lists as unverified; a mismatch is a warning, never an error.
+PUBLISHED = {
+    "unc": ({"train": 120_624, "val": 10_834, "testA": 5_657, "testB": 5_095}, "RefCOCO (unc), Yu et al. 2016"),
+    "referit": ({"train": 54_127, "val": 5_842, "test": 60_103}, "TransVG's ReferItGame splits (Berkeley files)"),
+    "unc+": ({"train": 120_191, "val": 10_758, "testA": 5_726, "testB": 4_889}, "commonly quoted, unverified"),
+    "gref_umd": ({"train": 80_512, "val": 4_896, "test": 9_602}, "commonly quoted, unverified"),
+    "gref": ({"val": 9_536}, "commonly quoted, unverified"),
+}
+
+
 @dataclass(frozen=True)
 class SplitCounts:
     split: str
     records: int
     images: int
+    refs: int = 0  # distinct (image, box): the referred objects
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class CheckReport:
     image_dir: str
     splits: tuple[SplitCounts, ...]
     images: int  # distinct images over all splits
+    synthetic: bool = False  # `harness data synth` wrote it (its scenes.json): no published sizes apply
 
 
 def check_dataset(root, name: str, split_root=None, image_root=None) -> CheckReport:
@@ -55,13 +71,35 @@ def check_dataset(root, name: str, split_root=None, image_root=None) -> CheckRep
                                 f"{record.image_file} with positive area; fix or regenerate the index")
             if not record.phrase.strip():
                 raise DataError(f"{where}: empty referring expression; fix or regenerate the index")
-        counts.append(SplitCounts(split, len(records), len({r.image_file for r in records})))
-    return CheckReport(name, spec.label, str(paths.index_dir(name)), str(image_dir), tuple(counts), len(sizes))
+        counts.append(SplitCounts(split, len(records), len({r.image_file for r in records}),
+                                  len({(r.image_file, r.box) for r in records})))
+    return CheckReport(name, spec.label, str(paths.index_dir(name)), str(image_dir), tuple(counts), len(sizes),
+                       (paths.split_root.parent / "scenes.json").is_file())
+
+
+def _published(report: CheckReport):
+    return ({}, "") if report.synthetic else PUBLISHED.get(report.name, ({}, ""))
+
+
+def size_warnings(report: CheckReport) -> list[str]:
+    """One line per split whose expression count differs from the published one."""
+    published, source = _published(report)
+    return [f"warning: {report.name} {c.split} has {c.records:,} expressions, the published size is "
+            f"{published[c.split]:,} ({source})" for c in report.splits
+            if c.split in published and c.records != published[c.split]]
 
 
 def format_report(report: CheckReport) -> str:
+    published, source = _published(report)
     lines = [f"{report.name} ({report.label}): index {report.split_root}, images {report.image_dir}"]
-    lines += [f"  {c.split:<6} {c.records:>7} expressions  {c.images:>6} images" for c in report.splits]
+    for c in report.splits:
+        known = published.get(c.split)
+        note = "" if known is None else ("  = published" if known == c.records else f"  published: {known:,}")
+        lines.append(f"  {c.split:<6} {c.records:>7,} expressions  {c.refs:>6,} refs  {c.images:>6,} images{note}")
     total = sum(c.records for c in report.splits)
-    lines.append(f"  all    {total:>7} expressions  {report.images:>6} distinct images; every record valid")
-    return "\n".join(lines)
+    lines.append(f"  all    {total:>7,} expressions  {report.images:>6,} distinct images; every record valid")
+    if published:
+        lines.append(f"  published sizes: {source}")
+    elif report.synthetic:
+        lines.append(f"  synthetic set (harness data synth): not {report.label}, no published sizes apply")
+    return "\n".join(lines + size_warnings(report))

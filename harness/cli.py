@@ -18,6 +18,15 @@ def _cmd_data_synth(args):
     print(summary)
 
 
+def _cmd_data_prepare(args):
+    from datasets.prepare import prepare
+
+    root = {"refer": args.refer_root, "mdetr": args.mdetr_root}[args.source]
+    if root is None:
+        raise HarnessError(f"--from {args.source} needs --{args.source}-root DIR")
+    prepare(args.source, root, args.dataset, args.out, images=args.images, force=args.force)
+
+
 def _cmd_data_check(args):
     from datasets.check import check_dataset, format_report
 
@@ -167,7 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=13)
     synth.add_argument("--images", type=int, default=None, help="images per dataset name (default: the generator's)")
     synth.set_defaults(func=_cmd_data_synth)
-    check = data_sub.add_parser("check", help="count and validate every record of a dataset")
+    prep = data_sub.add_parser("prepare", help="build the TransVG index of a dataset from REFER's or MDETR's raw "
+                               "annotations (README, 'Real data')")
+    prep.add_argument("--from", dest="source", required=True, choices=["refer", "mdetr"])
+    prep.add_argument("--refer-root", default=None, help="REFER's data folder: <dataset>/refs(<split_by>).p and "
+                                                         "<dataset>/instances.json")
+    prep.add_argument("--mdetr-root", default=None, help="folder of MDETR's finetune_<dataset>_<split>.json files")
+    prep.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd")
+    prep.add_argument("--out", required=True, help="data root: the index goes to OUT/data/<name>/")
+    prep.add_argument("--images", default=None, help="COCO train2014 image folder to check against (default: "
+                                                     "OUT/ln_data/other/images/mscoco/images/train2014)")
+    prep.add_argument("--force", action="store_true", help="replace an existing OUT/data/<name>/")
+    prep.set_defaults(func=_cmd_data_prepare)
+    check = data_sub.add_parser("check", help="count and validate every record of a dataset; a data card with the "
+                                "published sizes")
     check.add_argument("--root", required=True, help="data root holding data/ (index) and ln_data/ (images)")
     check.add_argument("--dataset", required=True)
     check.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")

@@ -76,6 +76,7 @@ def test_check_counts_match_the_index(synth_root):
     assert report.images == 30
     text = format_report(report)
     assert text.startswith("unc (RefCOCO)") and f"testB  {len(expected['testB']):>7} expressions" in text
+    assert report.synthetic and "synthetic set" in text and "warning" not in text  # no RefCOCO sizes apply
 
 
 def test_check_finds_a_box_outside_its_image(copy_root):
@@ -113,7 +114,8 @@ def test_cli_synth_then_check(tmp_path, capsys):
     for name, splits in EXPECTED_SPLITS.items():
         assert main(["data", "check", "--root", str(root), "--dataset", name]) == 0
         out = capsys.readouterr().out
-        counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[1:-1]}
+        counts = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()[1:]
+                  if line.split()[0] in splits}
         assert list(counts) == splits and min(counts.values()) > 0
         records = {s: len(load_split(resolve_paths(root), name, s)) for s in splits}
         assert counts == records
