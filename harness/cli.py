@@ -100,7 +100,7 @@ def _cmd_run(args):
                     image_dirs=data.get("image_dirs"), tokenizer=args.tokenizer, vision_weights=args.vision_weights,
                     language_weights=args.language_weights, init_checkpoint=args.init_checkpoint,
                     method_overrides=method, recipe_overrides=recipe, set_overrides=sets, device=args.device,
-                    output=args.output, work_dir=args.work_dir, tag=tag, resume=args.resume,
+                    output=args.output, work_dir=args.work_dir, tag=tag, restart=args.restart,
                     skip_done=args.skip_done, synthetic_images=args.synthetic_images,
                     stand_in_encoders=not args.random_init, trust_pickles=args.trust_pickles)
     record = run(cfg)
@@ -232,10 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="results/runs", help="folder for the run record")
     run.add_argument("--work-dir", default="runs", help="folder for checkpoints")
     run.add_argument("--tag", default=None, help="suffix for the run id (keeps variants apart)")
-    run.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    run.add_argument("--resume", action="store_true",
+                     help="(the default, kept for old scripts) a run continues from its own last checkpoint")
+    run.add_argument("--restart", action="store_true",
+                     help="delete the run's checkpoints (saying so) and start at epoch 1 instead of resuming")
     run.add_argument("--skip-done", action="store_true",
                      help="do nothing if the run's record exists, is ok and has the same configuration; "
-                          "with --resume, a checkpoint of another configuration is discarded, not refused")
+                          "a checkpoint of another configuration is then deleted (saying so), not refused")
     run.set_defaults(func=_cmd_run)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint written by `harness run`, or TransVG's own "
@@ -313,7 +316,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print("interrupted: rerun the same command to resume from the last checkpoint (--restart starts over)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -64,7 +64,7 @@ class RunConfig:
     output: str = "results/runs"
     work_dir: str = "runs"
     tag: str | None = None
-    resume: bool = False
+    restart: bool = False  # discard the run's checkpoints (saying so) instead of resuming from them
     skip_done: bool = False  # return the existing record if it is ok and has this configuration
     cache_dir: str | None = None
     synthetic_images: int | None = None  # size of the synthetic set (None: the generator's default)
@@ -241,109 +241,172 @@ def run(cfg: RunConfig) -> dict:
                 print(f"{cfg.run_id}: up to date ({done}), skipped")
             return previous
 
-    seed_everything(recipe.seed)
-    model = build_model(cfg.preset, max_query_len=spec.max_query_len,
-                        vocab_size=vocab_size_for(cfg.preset, tokenizer))
-    load_reports = []
-    if cfg.init_checkpoint:
-        ckpt = read_checkpoint(cfg.init_checkpoint, cfg.trust_pickles)
-        load_reports.append(load_whole_model_state(model, state_dict_of(ckpt, cfg.init_checkpoint),
-                                                   str(cfg.init_checkpoint)))
-    if cfg.vision_weights:
-        load_reports.append(load_vision_weights(model, cfg.vision_weights, cfg.trust_pickles))
-    if cfg.language_weights:
-        load_reports.append(load_language_weights(model, cfg.language_weights))
-    if rank == 0:
-        for report in load_reports:
-            print(report.summary())
-    apply_method(method, model)
-    params = count_parameters(model)
-    prepare_runtime(model, recipe, device)
-    flops = {"forward": forward_flops(model)} if rank == 0 else {}  # counted on CPU: device-independent
-    model.to(device)
-    if rank == 0:
-        flops["train_step"] = train_step_flops(model, recipe.batch_size, amp=recipe.amp)
+    with RunLock(run_dir, rank):  # held until the record is written
+        seed_everything(recipe.seed)
+        model = build_model(cfg.preset, max_query_len=spec.max_query_len,
+                            vocab_size=vocab_size_for(cfg.preset, tokenizer))
+        load_reports = []
+        if cfg.init_checkpoint:
+            ckpt = read_checkpoint(cfg.init_checkpoint, cfg.trust_pickles)
+            load_reports.append(load_whole_model_state(model, state_dict_of(ckpt, cfg.init_checkpoint),
+                                                       str(cfg.init_checkpoint)))
+        if cfg.vision_weights:
+            load_reports.append(load_vision_weights(model, cfg.vision_weights, cfg.trust_pickles))
+        if cfg.language_weights:
+            load_reports.append(load_language_weights(model, cfg.language_weights))
+        if rank == 0:
+            for report in load_reports:
+                print(report.summary())
+        apply_method(method, model)
+        params = count_parameters(model)
+        prepare_runtime(model, recipe, device)
+        flops = {"forward": forward_flops(model)} if rank == 0 else {}  # counted on CPU: device-independent
+        model.to(device)
+        if rank == 0:
+            flops["train_step"] = train_step_flops(model, recipe.batch_size, amp=recipe.amp)
 
-    train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, model.config.image_size, train=True,
-                           augment=recipe.augment, max_query_len=spec.max_query_len)
-    eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, model.config.image_size, train=False,
-                               max_query_len=spec.max_query_len) for s in spec.eval_splits}
-    if len(train_set) < recipe.batch_size * world:
-        raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} has {len(train_set)} "
-                           f"samples, fewer than one batch of {recipe.batch_size * world} (the last partial batch "
-                           "is dropped, as TransVG): lower --batch-size")
+        train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, model.config.image_size, train=True,
+                               augment=recipe.augment, max_query_len=spec.max_query_len)
+        eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, model.config.image_size, train=False,
+                                   max_query_len=spec.max_query_len) for s in spec.eval_splits}
+        if len(train_set) < recipe.batch_size * world:
+            raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} has {len(train_set)} "
+                               f"samples, fewer than one batch of {recipe.batch_size * world} (the last partial batch "
+                               "is dropped, as TransVG): lower --batch-size")
 
-    optimizer = build_optimizer(method, model, recipe)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, recipe.lr_drop, gamma=0.1)
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = build_optimizer(method, model, recipe)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, recipe.lr_drop, gamma=0.1)
+        train_model = model
+        if world > 1:
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
 
+        state = _start_state(cfg, model, optimizer, scheduler, run_dir, chash, rank)
+        meta = {"method": cfg.method, "method_config": asdict(method.config), "model_config": model.config.to_dict(),
+                "preset": cfg.preset, "dataset": cfg.dataset, "tokenizer": tok_source, "data": data_kind,
+                "data_desc": data_desc}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def make_record(status: str, results: dict, error: str | None = None) -> dict:
+            return {
+                "schema": records.SCHEMA_VERSION, "kind": "run", "run_id": cfg.run_id, "method": cfg.method,
+                "method_config": asdict(method.config), "dataset": cfg.dataset,
+                "dataset_label": spec.label if data_kind == "real" else f"synthetic ({spec.label}-style)",
+                "data": data_kind, "data_desc": data_desc, "preset": cfg.preset,
+                "model_config": model.config.to_dict(), "recipe": asdict(recipe), "config_hash": chash,
+                "overrides": cfg.set_overrides,
+                "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights,
+                            "init_checkpoint": cfg.init_checkpoint,
+                            "pretrained": bool(cfg.vision_weights or cfg.language_weights or cfg.init_checkpoint),
+                            "source": weights_source(cfg.vision_weights, cfg.language_weights),
+                            "loaded": [r.summary() for r in load_reports]},
+                "env": records.environment(device), "world_size": world, "params": params, "flops": flops,
+                "memory": _memory_figures(device, state), "time": _time_figures(state, recipe, len(train_set)),
+                "results": results, "train": {k: state[k] for k in ("epoch", "step", "best", "history")},
+                "status": status, "error": error, "created_at": records.now(),
+            }
+
+        try:
+            try:
+                _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, scheduler, recipe, state,
+                            device, rank, world, run_dir, chash, meta)
+            except torch.OutOfMemoryError:
+                raise HarnessError(f"out of GPU memory at batch size {recipe.batch_size}: lower --batch-size, "
+                                   "use --amp, or use fewer GPUs' worth of batch per device") from None
+            best = run_dir / "best.pth"
+            if best.exists():
+                ckpt = read_checkpoint(best, cfg.trust_pickles)
+                if ckpt.get("config_hash") != chash:
+                    raise HarnessError(f"{best} is not this run's best checkpoint (another configuration wrote it):"
+                                       " rerun with --restart")
+                model.load_state_dict(ckpt["model"])
+            results = {}
+            for split, dataset in eval_sets.items():
+                loader = build_loader(dataset, recipe.batch_size, False, recipe, rank, world)
+                results[split] = evaluate(model, loader, device, recipe.amp)
+        except BaseException as err:  # a record of what happened (suites report from it), then the error goes on
+            if rank == 0:
+                status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                records.write_json_atomic(Path(cfg.output) / f"{cfg.run_id}.json",
+                                          make_record(status, {}, f"{why} (after epoch {state['epoch']})"))
+            raise
+        record = make_record("ok", results)
+        if rank == 0:
+            path = records.write_json_atomic(Path(cfg.output) / f"{cfg.run_id}.json", record)
+            print(f"record written to {path}")
+        return record
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the whole run (rank 0): a second run with the same run id refuses in
+    one line instead of deleting or overwriting the first one's checkpoints. flock is released by the kernel
+    when the holder dies, so a killed run leaves no stale lock."""
+
+    def __init__(self, run_dir: Path, rank: int = 0):
+        self.path, self.rank, self.fd = run_dir / "run.lock", rank, None
+
+    def __enter__(self):
+        if self.rank:
+            return self
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise HarnessError(f"{self.path.parent} is in use by another run (pid {holder}): wait for it to end, or "
+                               "give this one another --tag or --work-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+
+def _start_state(cfg, model, optimizer, scheduler, run_dir: Path, chash: str, rank: int) -> dict:
+    """Where training starts: the run's own last checkpoint if there is one (an interrupted run resumes by
+    default), else epoch 0. Checkpoints are deleted only by --restart, or under --skip-done when they belong to
+    an older configuration, and each deletion is said."""
     state = {"epoch": 0, "step": 0, "best": {"accuracy": -1.0, "epoch": None}, "history": [], "step_times": [],
              "iteration_times": [], "epoch_times": []}
-    last = run_dir / "last.pth"
-    ckpt = read_checkpoint(last, cfg.trust_pickles) if cfg.resume and last.exists() else None
-    if ckpt is not None and ckpt["config_hash"] != chash:
-        if not cfg.skip_done:
-            raise HarnessError(f"{last} belongs to a run with another configuration: delete {run_dir} "
-                               "or run without --resume")
-        # --skip-done brings the record up to date: a checkpoint of an older configuration is stale, not resumable
-        if rank == 0:
-            print(f"{cfg.run_id}: {last} is from another configuration; starting afresh")
-        ckpt = None
-    if ckpt is None:
-        for stale in (last, run_dir / "best.pth"):  # a fresh run must never pick up an older run's files
-            stale.unlink(missing_ok=True)
-    else:
+    last, best = run_dir / "last.pth", run_dir / "best.pth"
+    say = print if rank == 0 else (lambda *a: None)
+    ckpt = None
+    if last.exists() and not cfg.restart:
+        try:
+            ckpt = read_checkpoint(last, cfg.trust_pickles)
+        except HarnessError as err:
+            raise HarnessError(f"{err}; pass --restart to discard it and start at epoch 1") from None
+        if ckpt.get("config_hash") != chash:
+            if not cfg.skip_done:
+                raise HarnessError(f"{last} belongs to a run with another configuration: pass --restart to delete "
+                                   "it and start over, or give this run another --tag or --work-dir")
+            # --skip-done brings the record up to date: a checkpoint of an older configuration is stale
+            say(f"{cfg.run_id}: {last} is from another configuration (--skip-done): deleting it, starting afresh")
+            ckpt = None
+    stale = [p for p in (last, best) if p.exists()]
+    if ckpt is None and stale and rank == 0:
+        if cfg.restart:
+            say(f"{cfg.run_id}: --restart: deleting {', '.join(map(str, stale))}")
+        for p in stale:  # a fresh run must never pick up an older run's files
+            p.unlink()
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
-        if rank == 0:
-            print(f"resuming {cfg.run_id} after epoch {state['epoch']} (step {state['step']})")
-
-    meta = {"method": cfg.method, "method_config": asdict(method.config), "model_config": model.config.to_dict(),
-            "preset": cfg.preset, "dataset": cfg.dataset, "tokenizer": tok_source, "data": data_kind,
-            "data_desc": data_desc}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, scheduler, recipe, state, device,
-                    rank, world, run_dir, chash, meta)
-    except torch.OutOfMemoryError:
-        raise HarnessError(f"out of GPU memory at batch size {recipe.batch_size}: lower --batch-size, "
-                           "use --amp, or use fewer GPUs' worth of batch per device") from None
-
-    best = run_dir / "best.pth"
-    if best.exists():
-        model.load_state_dict(read_checkpoint(best, cfg.trust_pickles)["model"])
-    results = {}
-    for split, dataset in eval_sets.items():
-        loader = build_loader(dataset, recipe.batch_size, False, recipe, rank, world)
-        results[split] = evaluate(model, loader, device, recipe.amp)
-
-    record = {
-        "schema": records.SCHEMA_VERSION, "kind": "run", "run_id": cfg.run_id, "method": cfg.method,
-        "method_config": asdict(method.config), "dataset": cfg.dataset,
-        "dataset_label": spec.label if data_kind == "real" else f"synthetic ({spec.label}-style)",
-        "data": data_kind, "data_desc": data_desc, "preset": cfg.preset, "model_config": model.config.to_dict(),
-        "recipe": asdict(recipe), "config_hash": chash,
-        "overrides": cfg.set_overrides,
-        "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights,
-                    "init_checkpoint": cfg.init_checkpoint,
-                    "pretrained": bool(cfg.vision_weights or cfg.language_weights or cfg.init_checkpoint),
-                    "source": weights_source(cfg.vision_weights, cfg.language_weights),
-                    "loaded": [r.summary() for r in load_reports]},
-        "env": records.environment(device), "world_size": world, "params": params,
-        "flops": flops, "memory": _memory_figures(device, state), "time": _time_figures(state, recipe, len(train_set)),
-        "results": results, "train": {k: state[k] for k in ("epoch", "step", "best", "history")},
-        "status": "ok", "error": None, "created_at": records.now(),
-    }
-    if rank == 0:
-        path = records.write_json_atomic(Path(cfg.output) / f"{cfg.run_id}.json", record)
-        print(f"record written to {path}")
-    return record
+        say(f"resuming {cfg.run_id} after epoch {state['epoch']} (step {state['step']}) from {last} "
+            "(--restart to start over)")
+    return state
 
 
 def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, scheduler, recipe, state, device,

@@ -68,19 +68,60 @@ def test_resume_continues_exactly(cache, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     monkeypatch.setattr(train_mod, "save_atomic", real_save)
-    resumed = run(replace(cfg, resume=True))
+    interrupted = read_record(tmp_path / "b" / "records" / "unc_full_tiny.json")
+    assert interrupted["status"] == "interrupted" and "after epoch 1" in interrupted["error"]
+    resumed = run(cfg)  # the same command resumes: no flag needed
     assert resumed["train"]["history"] == straight["train"]["history"]
     assert resumed["results"] == straight["results"]
 
 
 def test_resume_refuses_another_configuration(cache, tmp_path):
     run(config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0}))
-    other = config(cache, tmp_path, resume=True, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4,
-                                                                   "num_workers": 0})
-    with pytest.raises(HarnessError, match="another configuration"):
+    other = config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4, "num_workers": 0})
+    with pytest.raises(HarnessError, match="another configuration: pass --restart"):
         run(other)
+    assert (tmp_path / "work" / "unc_full_tiny" / "last.pth").exists()  # refused, nothing deleted
     redone = run(replace(other, skip_done=True))  # run_all's mode: the old checkpoint is stale, start afresh
     assert redone["status"] == "ok" and redone["recipe"]["batch_size"] == 4 and redone["train"]["step"] == 1
+
+
+def test_restart_deletes_the_checkpoints_saying_so(cache, tmp_path, capsys):
+    cfg = config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0})
+    run(cfg)
+    capsys.readouterr()
+    again = run(cfg)  # resumes after the last epoch: nothing left to train, same record
+    assert "resuming unc_full_tiny after epoch 1" in capsys.readouterr().out and again["train"]["step"] == 1
+    run(replace(cfg, restart=True))
+    out = capsys.readouterr().out
+    assert "--restart: deleting" in out and "last.pth" in out and "resuming" not in out
+
+
+def test_final_evaluation_refuses_a_best_checkpoint_of_another_run(cache, tmp_path):
+    cfg = config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0})
+    run(cfg)
+    best = tmp_path / "work" / "unc_full_tiny" / "best.pth"
+    ckpt = torch.load(best, weights_only=True)
+    ckpt["config_hash"] = "another-run"
+    torch.save(ckpt, best)
+    with pytest.raises(HarnessError, match="best.pth is not this run's best checkpoint"):
+        run(cfg)
+
+
+def test_a_second_run_with_the_same_run_id_refuses_naming_the_holder(cache, tmp_path):
+    run_dir = tmp_path / "work" / "unc_full_tiny"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from harness.train import RunLock\n"
+        f"with RunLock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cfg = config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0})
+        with pytest.raises(HarnessError, match=f"is in use by another run \\(pid {holder.pid}\\)"):
+            run(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(cfg)["status"] == "ok"  # the kernel released the dead holder's lock
 
 
 def test_ddp_gloo_two_processes(cache, tmp_path):
