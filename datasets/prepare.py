@@ -32,16 +32,14 @@ Everything is written into a temporary folder beside the output and renamed into
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from datasets.catalog import get_spec
 from datasets.errors import DataError
+from datasets.files import building
 
 COCO_NAME = "COCO_train2014_{:012d}.jpg"
 REFER_SOURCES = {"unc": ("refcoco", "unc"), "unc+": ("refcoco+", "unc"), "gref": ("refcocog", "google"),
@@ -187,25 +185,12 @@ def from_mdetr(mdetr_root, name: str, log=print) -> dict:
 
 def write_index(records: dict, out, name: str, force: bool = False) -> Path:
     """DATA/data/<name>/<name>_<split>.pth for every split, written into a temporary folder and renamed into place."""
-    parent = Path(out) / "data"
-    target = parent / name
+    target = Path(out) / "data" / name
     if target.exists() and not force:
         raise DataError(f"{target} exists: pass --force to replace it")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))
-    try:
+    with building(target) as tmp:
         for split, rows in records.items():
             torch.save(rows, tmp / f"{name}_{split}.pth")
-        if target.exists():
-            old = target.with_name(f".{name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

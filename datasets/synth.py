@@ -25,6 +25,7 @@ import torch
 
 from datasets.catalog import get_spec
 from datasets.errors import DataError
+from datasets.files import building
 from datasets.synth_grammar import describe, elaborate, parse, resolve, sentences, vocabulary
 from datasets.synth_scenes import PERSON_SHAPE, SHAPES, render, sample_scene
 
@@ -154,6 +155,21 @@ def generate(root, seed: int = 13, images: int | None = None) -> str:
         counts = "  ".join(f"{split} {count}" for split, count in result["records"].items())
         lines.append(f"  {name:<9} {counts}")
     return "\n".join(lines)
+
+
+def write_synthetic(root, seed: int = 13, images: int | None = None, force: bool = False) -> str:
+    """`harness data synth`: the set at `root`, built in a temporary folder and renamed into place (a full disk
+    leaves nothing half-written). A non-empty folder that is not a synthetic set (no scenes.json) is refused
+    unless `force`, which replaces the whole folder."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} is a file, not a folder: choose another --root")
+    if root.is_dir() and any(root.iterdir()) and not (root / "scenes.json").is_file() and not force:
+        raise DataError(f"{root} is not empty and holds no synthetic set (no scenes.json): choose an empty folder, "
+                        "or pass --force to replace the whole folder")
+    with building(root) as tmp:
+        summary = generate(tmp, seed=seed, images=images)
+    return summary.replace(str(tmp), str(root))
 
 
 def ensure_synthetic(cache_dir, seed: int = 13, images: int | None = None) -> Path:

@@ -12,10 +12,9 @@ from harness.errors import HarnessError
 
 
 def _cmd_data_synth(args):
-    from datasets.synth import generate
+    from datasets.synth import write_synthetic
 
-    summary = generate(args.root, seed=args.seed, images=args.images)
-    print(summary)
+    print(write_synthetic(args.root, seed=args.seed, images=args.images, force=args.force))
 
 
 def _cmd_data_prepare(args):
@@ -70,6 +69,26 @@ def _read_config_file(path) -> dict:
     return data
 
 
+def _data_section(data, args) -> dict:
+    """The --config file's `data:` section, checked: known keys, a mapping for image_dirs, and folders that only
+    mean something next to --data-root."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise HarnessError(f"config file {args.config}: data: must be a mapping, got {data!r}")
+    unknown = sorted(set(data) - {"split_root", "image_root", "image_dirs"})
+    if unknown:
+        raise HarnessError(f"config file {args.config}: unknown data option(s) {', '.join(unknown)}; known: "
+                           "image_dirs, image_root, split_root")
+    if data.get("image_dirs") is not None and not isinstance(data["image_dirs"], dict):
+        raise HarnessError(f"config file {args.config}: data: image_dirs must map a dataset name to its image folder "
+                           f"(e.g. {{unc: other/images/train2014}}), got {data['image_dirs']!r}")
+    given = [k for k in ("split_root", "image_root", "image_dirs") if data.get(k) is not None]
+    if given and args.data_root is None:
+        raise HarnessError(f"config file {args.config}: data: {', '.join(given)} need --data-root (without it the run "
+                           "uses the synthetic set)")
+    return data
+
+
 def _overrides(args):
     """(method overrides, recipe overrides, --set overrides, run-id tag): --config file sections, then --set."""
     from harness.options import overrides_tag, parse_sets
@@ -80,6 +99,8 @@ def _overrides(args):
     set_method, set_recipe = parse_sets(args.set, method_class(args.method).Config, Recipe, f"method '{args.method}'")
     method = {**(config.get("method") or {}), **set_method}
     recipe = {**(config.get("recipe") or {}), **set_recipe}
+    if args.tag is not None and (not args.tag or not all(c.isalnum() or c in "-_.+=" for c in args.tag)):
+        raise HarnessError(f"--tag {args.tag!r}: use letters, digits and - _ . + = only (it becomes part of file names)")
     tag = "_".join(t for t in (args.tag, overrides_tag(set_method, set_recipe)) if t) or None
     return config, method, recipe, {"method": set_method, "recipe": set_recipe}, tag
 
@@ -90,7 +111,7 @@ def _cmd_run(args):
     if args.random_init and (args.vision_weights or args.language_weights or args.init_checkpoint):
         raise HarnessError("--random-init contradicts --vision-weights/--language-weights/--init-checkpoint: drop one")
     config, method, recipe, sets, tag = _overrides(args)
-    data = config.get("data") or {}
+    data = _data_section(config.get("data"), args)
     recipe.update({k: v for k, v in {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
                                      "seed": args.seed, "num_workers": args.num_workers}.items() if v is not None})
     if args.amp:
@@ -175,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--root", required=True, help="output folder (data/, ln_data/, vocab.txt)")
     synth.add_argument("--seed", type=int, default=13)
     synth.add_argument("--images", type=int, default=None, help="images per dataset name (default: the generator's)")
+    synth.add_argument("--force", action="store_true",
+                       help="replace ROOT even if it is not empty and holds no synthetic set")
     synth.set_defaults(func=_cmd_data_synth)
     prep = data_sub.add_parser("prepare", help="build the TransVG index of a dataset from REFER's or MDETR's raw "
                                "annotations (README, 'Real data')")

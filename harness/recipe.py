@@ -61,10 +61,16 @@ def build_recipe(preset: str, dataset: str, *overrides: dict) -> Recipe:
                                                 "recipe"))
     if recipe.runtime not in RUNTIMES:
         raise HarnessError(f"recipe option runtime must be one of {', '.join(RUNTIMES)}, got {recipe.runtime!r}")
-    if recipe.epochs < 1 or recipe.batch_size < 1:
-        raise HarnessError(f"impossible recipe: epochs={recipe.epochs}, batch_size={recipe.batch_size} (both must be >= 1)")
-    if recipe.frozen_chunk is not None and recipe.frozen_chunk < 1:
-        raise HarnessError(f"frozen_chunk must be >= 1 (or empty for the whole batch), got {recipe.frozen_chunk}")
-    if recipe.max_steps is not None and recipe.max_steps < 1:
-        raise HarnessError(f"--max-steps must be >= 1, got {recipe.max_steps}")
+    for key, ok, rule in (("epochs", recipe.epochs >= 1, ">= 1"), ("batch_size", recipe.batch_size >= 1, ">= 1"),
+                          ("lr_drop", recipe.lr_drop >= 1, ">= 1 (StepLR's step)"),
+                          ("eval_every", recipe.eval_every >= 1, ">= 1"), ("lr", recipe.lr > 0, "> 0"),
+                          ("lr_encoder", recipe.lr_encoder >= 0, ">= 0"), ("lr_scale", recipe.lr_scale > 0, "> 0"),
+                          ("weight_decay", recipe.weight_decay >= 0, ">= 0"),
+                          ("clip_max_norm", recipe.clip_max_norm >= 0, ">= 0 (0 = no clipping)"),
+                          ("num_workers", recipe.num_workers >= 0, ">= 0"),
+                          ("frozen_chunk", recipe.frozen_chunk is None or recipe.frozen_chunk >= 1,
+                           ">= 1, or null for the whole batch"),
+                          ("max_steps", recipe.max_steps is None or recipe.max_steps >= 1, ">= 1 (--max-steps)")):
+        if not ok:
+            raise HarnessError(f"recipe option {key} must be {rule}, got {getattr(recipe, key)!r}")
     return recipe

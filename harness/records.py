@@ -78,20 +78,35 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path, data: dict) -> Path:
-    """Write to a temp file in the same folder, then rename: a reader never sees half a file."""
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomic(path, write) -> Path:
+    """`write(tmp_path)` fills a temp file in the same folder, which is then renamed to `path`: a reader never sees
+    half a file. The file gets the mode a plain open() would give it (mkstemp's is 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
+        write(tmp)
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json_atomic(path, data: dict) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def validate_record(record, source="record") -> dict:

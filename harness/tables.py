@@ -11,14 +11,13 @@ Every file starts with its provenance, built from the records it used.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from datasets.catalog import get_spec
-from harness.records import read_record
+from harness.errors import HarnessError
+from harness.records import read_record, write_text_atomic
 
 # Main-table columns: (dataset, split, split label); RefCOCOg google's val-g only when a record has it.
 MAIN_SPLITS = [("unc", "val", "val"), ("unc", "testA", "testA"), ("unc", "testB", "testB"),
@@ -274,20 +273,13 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
 
 
 # ---- files -------------------------------------------------------------------------------------------
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
 def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True) if len(table) else "(no records)"
 
 
 def build_tables(runs="results/runs", profiles="results/profile", out="results") -> list[Path]:
+    if not Path(runs).is_dir():  # a typo must not replace the committed tables with empty ones
+        raise HarnessError(f"run record folder {runs} does not exist: pass --runs with the folder of run records")
     all_runs = [r for r in read_folder(runs) if r["kind"] == "run"]
     all_profiles = [r for r in read_folder(profiles) if r["kind"] == "profile"]
     command = f"harness table --runs {runs} --profiles {profiles} --out {out}"
@@ -306,7 +298,7 @@ def build_tables(runs="results/runs", profiles="results/profile", out="results")
             text += f"\nEmpty cells include runs that did not finish: {', '.join(bad)}.\n"
     if not mains:
         text += f"\n(no run records in {runs})\n"
-    paths = [_write_text(out / "main.md", text)]
+    paths = [write_text_atomic(out / "main.md", text)]
 
     effs = efficiency_tables(all_profiles, all_runs)
     used = [r for _, _, recs, _ in effs for r in recs]
@@ -329,6 +321,6 @@ def build_tables(runs="results/runs", profiles="results/profile", out="results")
         text += "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")
     if not effs:
         text += f"\n(no profile records in {profiles} and no run records in {runs})\n"
-    paths.append(_write_text(out / "efficiency.md", text))
+    paths.append(write_text_atomic(out / "efficiency.md", text))
     paths.append(tradeoff_plot(mains, effs, out / "tradeoff.png"))
     return paths

@@ -8,10 +8,10 @@ Multi-GPU: launch with torchrun (see README); ranks share the sampler and all-re
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -166,6 +166,15 @@ def resolve_data(cfg: RunConfig, rank: int):
         root = rank0_first(lambda: synthetic_root(cfg.cache_dir, images), rank)
         return resolve_paths(root), str(root / "vocab.txt"), "synthetic", {"seed": SYNTH_SEED, "images": images}
     paths = resolve_paths(cfg.data_root, cfg.split_root, cfg.image_root, cfg.image_dirs, cfg.trust_pickles)
+    scenes = Path(cfg.data_root) / "scenes.json"
+    if scenes.is_file():  # a synthetic set `harness data synth` wrote: never recorded as real data
+        try:
+            meta = json.loads(scenes.read_text())
+            desc = {"seed": meta["seed"], "images": meta["images_per_name"], "root": str(cfg.data_root)}
+        except (ValueError, KeyError, TypeError):
+            raise HarnessError(f"{scenes} marks {cfg.data_root} as a synthetic set but is unreadable: regenerate it "
+                               "with `harness data synth`") from None
+        return paths, cfg.tokenizer or str(Path(cfg.data_root) / "vocab.txt"), "synthetic", desc
     tokenizer = cfg.tokenizer or cfg.language_weights or "bert-base-uncased"
     return paths, tokenizer, "real", {"root": str(cfg.data_root)}
 
@@ -196,15 +205,7 @@ def build_loader(dataset, batch_size: int, train: bool, recipe: Recipe, rank: in
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 def save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    records.write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -560,8 +561,10 @@ def evaluate_checkpoint(path, dataset: str, data_root=None, split_root=None, ima
     if tokenizer is None:
         raise HarnessError(f"{path} is a TransVG checkpoint, which carries no tokenizer: pass --tokenizer (an HF id "
                            "such as bert-base-uncased in the local cache, a BERT folder or a vocab.txt)")
+    if data_root is None and meta["data"] == "synthetic" and meta["data_desc"].get("root"):
+        data_root = meta["data_desc"]["root"]  # a synthetic set given as --data-root
     if synthetic_images is None and meta["data"] == "synthetic":
-        synthetic_images = meta["data_desc"]["images"]
+        synthetic_images = meta["data_desc"].get("images")
     cfg = RunConfig(method=meta["method"], dataset=dataset, data_root=data_root, split_root=split_root,
                     image_root=image_root, tokenizer=tokenizer if data_root else None, cache_dir=cache_dir,
                     synthetic_images=synthetic_images, trust_pickles=trust_pickles)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from methods import register
 from methods.base import Method, MethodConfig, freeze_encoders
-from methods.modules import Bottleneck, install_slot_modules, scaled, slot_layer_norms
+from methods.modules import ACTIVATIONS, Bottleneck, install_slot_modules, scaled, slot_layer_norms
 
 
 @dataclass
@@ -48,6 +48,10 @@ class AdapterConfig(MethodConfig):
     def __post_init__(self):
         if min(self.bottleneck_vision, self.bottleneck_language) < 1:
             raise ValueError("bottleneck sizes must be positive")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
+        if self.init not in ("zero_up", "normal"):
+            raise ValueError(f"init must be 'zero_up' or 'normal', not {self.init!r}")
 
 
 @register

@@ -134,13 +134,13 @@ def test_tiny_synthetic_runs_start_from_the_stand_in_encoders_by_default(tmp_pat
 
     monkeypatch.setattr(train, "PretrainConfig", lambda preset: pretrain.PretrainConfig(preset=preset, **SMALL))
     common = dict(method="frozen", dataset="unc", cache_dir=str(tmp_path), synthetic_images=8, device="cpu",
-                  work_dir=str(tmp_path / "work"), recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4,
-                                                                     "num_workers": 0})
-    record = train.run(train.RunConfig(**common, stand_in_encoders=True, output=str(tmp_path / "a")))
+                  recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4, "num_workers": 0})
+    record = train.run(train.RunConfig(**common, stand_in_encoders=True, output=str(tmp_path / "a"),
+                                       work_dir=str(tmp_path / "work_a")))
     assert record["weights"]["source"].startswith(pretrain.KIND)
     assert record["weights"]["vision"].startswith(str(tmp_path / "pretrained"))
     assert all(", 0 missing, 0 unexpected" in line for line in record["weights"]["loaded"])
-    random = train.run(train.RunConfig(**common, output=str(tmp_path / "b")))
+    random = train.run(train.RunConfig(**common, output=str(tmp_path / "b"), work_dir=str(tmp_path / "work_b")))
     assert not random["weights"]["pretrained"] and random["weights"]["source"] is None
 
 

@@ -146,8 +146,16 @@ def test_tradeoff_png(folders):
     assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_missing_folders_give_empty_tables(tmp_path):
-    build_tables(tmp_path / "no_runs", tmp_path / "no_profiles", tmp_path / "out")
+def test_empty_folders_give_empty_tables_a_missing_runs_folder_is_refused(tmp_path, capsys):
+    from harness.cli import main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "main.md").write_text("committed table")
+    assert main(["table", "--runs", str(tmp_path / "no_runs"), "--out", str(tmp_path / "out")]) == 2
+    assert "run record folder" in capsys.readouterr().err
+    assert (tmp_path / "out" / "main.md").read_text() == "committed table"  # nothing replaced
+    (tmp_path / "runs").mkdir()
+    build_tables(tmp_path / "runs", tmp_path / "no_profiles", tmp_path / "out")
     assert "no run records" in (tmp_path / "out" / "main.md").read_text()
     assert (tmp_path / "out" / "tradeoff.png").exists()
 
