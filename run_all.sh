@@ -20,11 +20,12 @@ while [ $# -gt 0 ]; do
         --force) force=1 ;;
         --efficiency) mode=efficiency ;;
         --paper) mode=paper ;;
-        --data-root) data_root="$2"; shift ;;
-        --weights) weights="$2"; shift ;;
+        --data-root|--weights|--epochs)
+            [ $# -ge 2 ] || { echo "error: $1 needs a value (see ./run_all.sh --help)" >&2; exit 2; }
+            case "$1" in --data-root) data_root="$2" ;; --weights) weights="$2" ;; --epochs) epochs="$2" ;; esac
+            shift ;;
         --random-init) mode=random_init ;;
         --transfer) mode=transfer ;;
-        --epochs) epochs="$2"; shift ;;
         -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
     esac

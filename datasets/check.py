@@ -8,7 +8,7 @@ from PIL import Image
 
 from datasets.catalog import get_spec, resolve_paths
 from datasets.errors import DataError
-from datasets.index import load_split
+from datasets.index import load_split, split_files
 
 
 # Published expression counts per split. unc: REFER/RefCOCO (Yu et al. 2016), as every REC paper reports them;
@@ -52,6 +52,9 @@ def check_dataset(root, name: str, split_root=None, image_root=None) -> CheckRep
     # trainval is train + val (or, for referit, a file holding the same records), so it is not counted again.
     for split in (s for s in spec.splits if s != "trainval"):
         records = load_split(paths, name, split)
+        if not records:
+            raise DataError(f"the {split} split of {name} ({', '.join(map(str, split_files(paths, name, split)))}) "
+                            "holds no records: a split a model trains or is scored on cannot be empty")
         for record in records:
             where = f"index file {record.source} record {record.row}"
             if record.image_file not in sizes:

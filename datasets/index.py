@@ -72,6 +72,13 @@ def _parse(path: Path, name: str, data) -> list[Record]:
         box = np.array(bbox, dtype=int)
         if spec.bbox_format == "xywh":
             box[2], box[3] = box[0] + box[2], box[1] + box[3]
+        x1, y1, x2, y2 = box
+        if not (0 <= x1 < x2 and 0 <= y1 < y2) or not phrase.strip():
+            problem = (f"empty referring expression {phrase!r}" if not phrase.strip() else
+                       f"box {_short(bbox)} ({spec.bbox_format}) is {[int(v) for v in box]} as xyxy after TransVG's "
+                       "integer truncation: negative or without area")
+            raise DataError(f"index file {path} record {row}: {problem}; fix or regenerate the index "
+                            f"(`harness data check` lists every record)")
         records.append(Record(img_file, tuple(float(v) for v in box), phrase.lower(), str(path), row))
     return records
 

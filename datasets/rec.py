@@ -36,10 +36,42 @@ class RECDataset(Dataset):
             raise DataError(f"image {path} {problem}, needed by index file {record.source} record {record.row}; "
                             "put the images under the image root (see `harness data check`)") from None
 
+    def _box_problem(self, record: Record, size) -> str | None:
+        x1, y1, x2, y2 = record.box
+        if x2 <= size[0] and y2 <= size[1]:
+            return None
+        return (f"index file {record.source} record {record.row}: box {list(record.box)} (xyxy) lies outside its "
+                f"{size[0]}x{size[1]} image {record.image_file}; fix or regenerate the index")
+
+    def check_images(self, open_images: bool = True) -> None:
+        """Before training: every image the split names exists (and, with `open_images`, opens and holds its boxes:
+        only the header is read), so that a missing file stops the run now, not after hours."""
+        first = {}
+        for record in self.records:
+            first.setdefault(record.image_file, []).append(record)
+        for name, recs in first.items():
+            path = self.image_dir / name
+            if not open_images:
+                if not path.is_file():
+                    self.load_image(self.records.index(recs[0]))  # raises the one-line DataError
+                continue
+            try:
+                with Image.open(path) as img:
+                    size = img.size
+            except (OSError, ValueError):
+                self.load_image(self.records.index(recs[0]))
+                raise
+            problem = next((p for p in (self._box_problem(r, size) for r in recs) if p), None)
+            if problem:
+                raise DataError(problem)
+
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        sample = {"img": self.load_image(index), "box": torch.tensor(record.box, dtype=torch.float32),
-                  "text": record.phrase}
+        img = self.load_image(index)
+        problem = self._box_problem(record, img.size)
+        if problem:
+            raise DataError(problem)
+        sample = {"img": img, "box": torch.tensor(record.box, dtype=torch.float32), "text": record.phrase}
         sample = self.transform(sample)
         word_ids, word_mask = encode(self.tokenizer, sample["text"], self.max_query_len)
         return {"image": sample["img"], "image_mask": sample["mask"], "word_ids": word_ids, "word_mask": word_mask,

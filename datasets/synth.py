@@ -141,7 +141,8 @@ def generate(root, seed: int = 13, images: int | None = None) -> str:
     """Write all five names under `root` and return a printable summary."""
     images = DEFAULT_IMAGES if images is None else images
     if not MIN_IMAGES <= images <= MAX_IMAGES:
-        raise DataError(f"--images {images} is out of range: use {MIN_IMAGES} to {MAX_IMAGES} images per name")
+        raise DataError(f"{images} synthetic images per name is out of range: use {MIN_IMAGES} to {MAX_IMAGES} "
+                        "(`harness data synth --images`, `harness run --synthetic-images`)")
     root, start = Path(root), time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     results = {name: _write_name(root, name, seed, images) for name in FLAVOURS}

@@ -57,10 +57,14 @@ def _read_config_file(path) -> dict:
     if path is None:
         return {}
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise HarnessError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise HarnessError(f"config file {path} is a folder: pass a YAML file") from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"config file {path} is not UTF-8 text: pass a YAML file") from None
     except yaml.YAMLError as err:
         raise HarnessError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     unknown = sorted(set(data) - {"method", "recipe", "data"})
@@ -148,13 +152,16 @@ def _cmd_profile(args):
 
     if args.loader:
         out = loader_throughput(args.preset, args.dataset, args.data_root, args.num_workers,
-                                args.batch_size or 64, args.steps)
+                                64 if args.batch_size is None else args.batch_size, args.steps,
+                                tokenizer=args.tokenizer)
         print(json.dumps(out, indent=2) if args.json else
               f"loader ({out['data']} {args.dataset}, {out['image_size']} px, augmentation on, "
               f"{out['num_workers']} workers): {out['samples_per_s']:.1f} samples/s over {out['batches']} batches")
         return
     if not args.method:
         raise HarnessError("harness profile needs --method NAME (or --loader for the data loader alone)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise HarnessError(f"--batch-size must be >= 1, got {args.batch_size}")
     _, method, recipe, _, tag = _overrides(args)
     record = profile(args.method, preset=args.preset, batch_size=args.batch_size, device=args.device, amp=args.amp,
                      dataset=args.dataset, train_size=args.train_size, data_root=args.data_root, steps=args.steps,
@@ -300,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--loader", action="store_true",
                       help="measure the training data loader alone (samples/s at the preset's image size)")
     prof.add_argument("--num-workers", type=int, default=8, help="data loader workers for --loader")
+    prof.add_argument("--tokenizer", default=None, help="for --loader --data-root: HF id, folder or vocab.txt "
+                                                        "(default: bert-base-uncased)")
     prof.add_argument("--output", default="results/profile", help="folder for the profile record")
     prof.set_defaults(func=_cmd_profile)
 
@@ -331,12 +340,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    """The message; a DataLoader worker re-raises a DataError with its traceback in the message: keep its last line."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (HarnessError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # writing a record or checkpoint: read-only folder, full disk
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; free space or choose another --output / --work-dir",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint (--restart starts over)",

@@ -18,6 +18,7 @@ Figures (DESIGN.md "Counting and measuring"):
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict
@@ -33,6 +34,13 @@ KNOWN_TRAIN_SIZES = {"unc": (120_624, "RefCOCO (unc) train expressions, referenc
 CPU_MEMORY_WHAT = ("CPU proxy, not an allocator peak: bytes autograd saves for backward in one training step "
                    "(saved_tensors_hooks, deduplicated by storage, parameters excluded) + parameters and buffers "
                    "+ gradients + AdamW state")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def precision_name(amp: bool) -> str:
@@ -260,8 +268,15 @@ def summary(record: dict) -> str:
     return "\n".join(lines)
 
 
+def loader_host_bytes(image_size: int, batch_size: int, num_workers: int) -> int:
+    """Host memory the loader's batches take at once: a float32 image and a bool mask per sample, in each worker's
+    two prefetched batches plus the one in the main process (decoded PIL images and buffers come on top)."""
+    per_sample = image_size * image_size * (3 * 4 + 1)
+    return per_sample * batch_size * (2 * num_workers + 1)
+
+
 def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=None, num_workers: int = 8,
-                      batch_size: int = 64, batches: int = 30, warmup: int = 3) -> dict:
+                      batch_size: int = 64, batches: int = 30, warmup: int = 3, tokenizer=None) -> dict:
     """Samples/s the index loader delivers with training augmentation at the preset's image size (decoding,
     augmentation, tokenisation, collation; no model), so it can be set against a method's samples/s."""
     from torch.utils.data import DataLoader
@@ -272,11 +287,23 @@ def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=Non
     from harness.model import get_config
     from harness.train import RunConfig, resolve_data
 
+    if batch_size < 1 or num_workers < 0 or batches < 1:
+        raise HarnessError(f"--batch-size and --steps must be >= 1 and --num-workers >= 0 (got {batch_size}, "
+                           f"{batches}, {num_workers})")
     spec = get_spec(dataset)
-    paths, tok_source, kind, _ = resolve_data(RunConfig(method="frozen", dataset=dataset, data_root=data_root), 0)
     image_size = get_config(preset).image_size
+    need, have = loader_host_bytes(image_size, batch_size, num_workers), _physical_memory()
+    if have and need > 0.8 * have:
+        raise HarnessError(f"batch {batch_size} x {num_workers} workers at {image_size} px keeps about "
+                           f"{need / 2**30:.1f} GiB of batches in host memory, more than 80% of this machine's "
+                           f"{have / 2**30:.1f} GiB: lower --batch-size or --num-workers")
+    paths, tok_source, kind, _ = resolve_data(RunConfig(method="frozen", dataset=dataset, data_root=data_root,
+                                                        tokenizer=tokenizer), 0)
     ds = RECDataset(paths, dataset, "train", build_tokenizer(tok_source), image_size, train=True,
                     max_query_len=spec.max_query_len)
+    if len(ds) < batch_size:  # drop_last would leave no batch at all and the loop below would never end
+        raise HarnessError(f"the train split of {dataset} has {len(ds)} samples, fewer than one batch of "
+                           f"{batch_size}: lower --batch-size")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, collate_fn=collate,
                         drop_last=True, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     n, t0 = 0, None

@@ -124,6 +124,9 @@ def validate_record(record, source="record") -> dict:
     for split, res in record["results"].items():
         if not isinstance(res, dict) or not {"accuracy", "miou", "n"} <= set(res):
             raise HarnessError(f"{source}: results['{split}'] needs accuracy, miou and n")
+        bad = [k for k in ("accuracy", "miou", "n") if isinstance(res[k], bool) or not isinstance(res[k], (int, float))]
+        if bad:
+            raise HarnessError(f"{source}: results['{split}'] {bad[0]} is {res[bad[0]]!r}, not a number")
     return record
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -203,6 +204,25 @@ def build_loader(dataset, batch_size: int, train: bool, recipe: Recipe, rank: in
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
+def check_before_training(train_set, eval_sets: dict, folders) -> None:
+    """What would otherwise fail after the last epoch: an empty eval split, an eval image that is missing or
+    unreadable or smaller than its box, a train image that is missing, a folder that cannot be written."""
+    for split, dataset in eval_sets.items():
+        if len(dataset) == 0:
+            raise HarnessError(f"the {split} split of {dataset.name} is empty: nothing to score; fix the index "
+                               "(`harness data check`)")
+        dataset.check_images(open_images=True)
+    train_set.check_images(open_images=False)
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise HarnessError(f"cannot write to {folder}: {err.strerror}; choose another --output / --work-dir "
+                               "or free space") from None
+
+
 # ---- checkpoints ---------------------------------------------------------------------------------
 def save_atomic(obj, path: Path) -> None:
     records.write_atomic(path, lambda tmp: torch.save(obj, tmp))
@@ -270,6 +290,8 @@ def run(cfg: RunConfig) -> dict:
                                augment=recipe.augment, max_query_len=spec.max_query_len)
         eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, model.config.image_size, train=False,
                                    max_query_len=spec.max_query_len) for s in spec.eval_splits}
+        if rank == 0:
+            check_before_training(train_set, eval_sets, [Path(cfg.output), run_dir])
         if len(train_set) < recipe.batch_size * world:
             raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} has {len(train_set)} "
                                f"samples, fewer than one batch of {recipe.batch_size * world} (the last partial batch "
@@ -540,9 +562,19 @@ def load_checkpoint_for_eval(path, trust: bool = False):
         raise HarnessError(f"{path} is neither a checkpoint written by `harness run` (no 'meta'/'model' entries) "
                            "nor a TransVG checkpoint ({'model': visumodel.*, textmodel.bert.*, ...})")
     meta = ckpt["meta"]
-    model = TransVG(config_from_dict(meta["model_config"]))
-    apply_method(build_method(meta["method"], meta["method_config"]), model)
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    try:
+        model = TransVG(config_from_dict(meta["model_config"]))
+        apply_method(build_method(meta["method"], meta["method_config"]), model)
+        for key in ("tokenizer", "data", "data_desc"):
+            meta[key]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise HarnessError(f"{path}: its model description is damaged ({type(err).__name__}: {err}); use a "
+                           "checkpoint `harness run` wrote") from None
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise HarnessError(f"{path}: its weights do not fit its model description "
+                           f"({(str(err).strip().splitlines() or [''])[0][:120]})") from None
     if missing or unexpected:
         raise HarnessError(f"{path} does not match its own model description: {len(missing)} missing, "
                            f"{len(unexpected)} unexpected keys")

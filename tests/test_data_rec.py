@@ -127,7 +127,7 @@ def test_cli_synth_then_check(tmp_path, capsys):
     (["data", "check", "--root", "{root}", "--dataset", "refcoco"], "error: unknown dataset 'refcoco'"),
     (["data", "check", "--root", "{root}", "--dataset", "flickr"],
      "error: index file {root}/data/flickr/flickr_train.pth not found"),
-    (["data", "synth", "--root", "{tmp}/small", "--images", "2"], "error: --images 2 is out of range: use 5 to 99999"),
+    (["data", "synth", "--root", "{tmp}/small", "--images", "2"], "error: 2 synthetic images per name is out of range: use 5 to 99999"),
 ])
 def test_cli_errors_are_one_line_exit_2(synth_root, tmp_path, capsys, argv, message):
     fill = {"tmp": str(tmp_path), "root": str(synth_root)}

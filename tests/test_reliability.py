@@ -1,8 +1,11 @@
 """What a new user's bad inputs met: each is one line before any work, and nothing is overwritten or mislabelled."""
+import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
+import torch
 
 from datasets.errors import DataError
 from datasets.synth import write_synthetic
@@ -75,3 +78,151 @@ def test_records_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# ---- data the run would have trained on although `data check` rejects it; fail early, not after hours --------
+@pytest.fixture
+def data_copy(synth_root, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(synth_root, tmp_path / "copy"))
+
+
+def run_args(root, tmp_path, *extra):
+    return ["run", "--method", "frozen", "--dataset", "unc", "--data-root", str(root), "--device", "cpu",
+            "--max-steps", "1", "--epochs", "1", "--batch-size", "4", "--output", str(tmp_path / "rec"),
+            "--work-dir", str(tmp_path / "work"), *extra]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda row: row[:2] + ([5, 5, 0, 10],) + row[3:], "negative or without area"),
+    (lambda row: row[:2] + ([5, 5, -9, 10],) + row[3:], "negative or without area"),
+    (lambda row: row[:3] + ("   ",) + row[4:], "empty referring expression"),
+])
+def test_bad_records_are_refused_as_they_load(data_copy, tmp_path, capsys, change, message):
+    path = data_copy / "data/unc/unc_train.pth"
+    rows = torch.load(path, weights_only=True)
+    rows[3] = change(rows[3])
+    torch.save(rows, path)
+    assert main(run_args(data_copy, tmp_path)) == 2
+    err = one_line_error(capsys)
+    assert message in err and "unc_train.pth record 3" in err
+    assert not (tmp_path / "rec").exists()
+
+
+def test_an_empty_eval_split_is_an_error_for_run_and_check(data_copy, tmp_path, capsys):
+    torch.save([], data_copy / "data/unc/unc_testB.pth")
+    assert main(run_args(data_copy, tmp_path)) == 2
+    assert "the testB split of unc is empty" in one_line_error(capsys)
+    assert main(["data", "check", "--root", str(data_copy), "--dataset", "unc"]) == 2
+    assert "holds no records" in one_line_error(capsys)
+
+
+def test_missing_eval_images_and_unwritable_folders_stop_the_run_before_training(data_copy, synth_root, tmp_path,
+                                                                                capsys):
+    from datasets.catalog import resolve_paths
+    from datasets.index import load_split
+
+    paths = resolve_paths(data_copy)
+    victim = load_split(paths, "unc", "testA")[0].image_file
+    (paths.image_dir("unc") / victim).unlink()
+    assert main(run_args(data_copy, tmp_path)) == 2
+    assert victim in one_line_error(capsys)
+    assert not (tmp_path / "work" / "unc_frozen_tiny" / "last.pth").exists()  # no epoch was trained
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    assert main(run_args(synth_root, tmp_path) + ["--output", str(tmp_path / "blocker" / "rec")]) == 2
+    assert "cannot write to" in one_line_error(capsys)
+
+
+def test_a_data_error_inside_a_loader_worker_is_one_line(data_copy, tmp_path, capsys):
+    from datasets.catalog import resolve_paths
+    from datasets.index import load_split
+
+    paths = resolve_paths(data_copy)
+    evals = {r.image_file for s in ("val", "testA", "testB") for r in load_split(paths, "unc", s)}
+    victim = next(r.image_file for r in load_split(paths, "unc", "train") if r.image_file not in evals)
+    (paths.image_dir("unc") / victim).write_bytes(b"not a jpeg")
+    assert main(run_args(data_copy, tmp_path, "--num-workers", "1", "--batch-size", "32")) == 2
+    assert "unreadable" in one_line_error(capsys)
+
+
+# ---- files that used to give tracebacks --------------------------------------------------------------------
+@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 4])
+def test_empty_or_random_weight_files_are_one_line(tmp_path, capsys, content):
+    weights = tmp_path / "detr.pth"
+    weights.write_bytes(content)
+    for argv in (["run", "--method", "frozen", "--dataset", "unc", "--vision-weights", str(weights)],
+                 ["eval", "--checkpoint", str(weights), "--dataset", "unc"],
+                 ["eval", "--checkpoint", str(tmp_path), "--dataset", "unc"]):
+        assert main(argv) == 2
+        one_line_error(capsys)
+
+
+def test_bert_folders_without_config_or_missing_are_one_line(tmp_path, capsys):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "model.safetensors").write_bytes(b"garbage")
+    for source, message in ((tmp_path / "bert", "has no config.json"), (tmp_path / "nothere", "not found")):
+        assert main(["run", "--method", "frozen", "--dataset", "unc", "--language-weights", str(source)]) == 2
+        assert message in one_line_error(capsys)
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert", "hidden_size": 64}')
+    assert main(["run", "--method", "frozen", "--dataset", "unc", "--language-weights", str(tmp_path / "bert")]) == 2
+    assert "cannot load BERT weights" in one_line_error(capsys)
+
+
+def test_corrupt_last_checkpoint_and_tampered_eval_checkpoint(synth_root, tmp_path, capsys):
+    args = run_args(synth_root, tmp_path)
+    assert main(args) == 0
+    capsys.readouterr()
+    best = tmp_path / "work" / "unc_frozen_tiny" / "best.pth"
+    ckpt = torch.load(best, weights_only=True)
+    del ckpt["meta"]["model_config"]
+    torch.save(ckpt, tmp_path / "tampered.pth")
+    assert main(["eval", "--checkpoint", str(tmp_path / "tampered.pth"), "--dataset", "unc"]) == 2
+    assert "model description is damaged" in one_line_error(capsys)
+    (tmp_path / "work" / "unc_frozen_tiny" / "last.pth").write_bytes(b"\x00" * 10)
+    for extra in ([], ["--resume", "--skip-done"]):
+        (tmp_path / "rec" / "unc_frozen_tiny.json").unlink(missing_ok=True)
+        assert main(args + extra) == 2
+        assert "--restart" in one_line_error(capsys)
+    assert main(args + ["--restart"]) == 0
+
+
+def test_config_that_is_a_folder_or_not_text(tmp_path, capsys):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
+    for config, message in ((tmp_path, "is a folder"), (tmp_path / "bin.yaml", "is not UTF-8")):
+        assert main(["run", "--method", "frozen", "--dataset", "unc", "--config", str(config)]) == 2
+        assert message in one_line_error(capsys)
+
+
+def test_a_record_with_a_non_numeric_accuracy_is_refused(tmp_path):
+    from harness.records import read_record
+
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"schema": 1, "kind": "run", "run_id": "x", "method": "full", "method_config": {},
+                             "dataset": "unc", "dataset_label": "RefCOCO", "data": "real", "preset": "tiny",
+                             "recipe": {}, "weights": {}, "env": {}, "params": {}, "flops": {}, "memory": {},
+                             "time": {}, "results": {"val": {"accuracy": "high", "miou": 0.5, "n": 3}},
+                             "status": "ok", "error": None, "created_at": "now", "config_hash": "h"})
+    with pytest.raises(HarnessError, match="accuracy is 'high', not a number"):
+        read_record(path)
+
+
+# ---- profile --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra, message", [
+    (["--loader", "--batch-size", "5000", "--num-workers", "0", "--preset", "tiny"], "fewer than one batch"),
+    (["--loader", "--batch-size", "0"], "--batch-size and --steps must be >= 1"),
+    (["--method", "frozen", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--loader", "--batch-size", "4096", "--num-workers", "64"], "more than 80% of this machine"),
+])
+def test_profile_bad_sizes_are_one_line(monkeypatch, synth_root, capsys, extra, message):
+    import harness.train as train_mod
+
+    monkeypatch.setattr(train_mod, "synthetic_root", lambda *a, **k: synth_root)
+    assert main(["profile", *extra]) == 2
+    assert message in one_line_error(capsys)

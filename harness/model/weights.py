@@ -17,8 +17,6 @@ Weights load into the bare model, before a method adds or wraps modules.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,15 +49,18 @@ def read_checkpoint(path, trust: bool = False):
     """torch.load a checkpoint or weight file safely (datasets/safe_load.py): DETR's and TransVG's files pickle an
     argparse Namespace under "args", which the allow-list admits; anything else needs `trust`."""
     path = Path(path)
+    if path.is_dir():
+        raise HarnessError(f"checkpoint {path} is a folder: pass the .pth file")
     if not path.is_file():
         raise HarnessError(f"checkpoint {path} not found: pass an existing file")
     try:
         return torch_load(path, trust, what="checkpoint")
     except UnsafeFileError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise HarnessError(f"checkpoint {path} is corrupt or not a torch file ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:120]})") from None
+    except Exception as err:  # truncated, empty, random bytes, another format: unpickling fails in many ways
+        first = (str(err).strip().splitlines() or [""])[0][:120]
+        raise HarnessError(f"checkpoint {path} is corrupt or not a torch file ({type(err).__name__}"
+                           f"{': ' + first if first else ''}); download or write it again") from None
 
 
 def state_dict_of(ckpt, path) -> dict:
@@ -98,14 +99,21 @@ def load_language_weights(model, source) -> LoadReport:
     hf_logging.disable_progress_bar()
     report = LoadReport("language", str(source))
     local = Path(source).exists()
+    text = str(source)
+    if not local and (text.startswith(("/", ".", "~")) or text.endswith("/") or text.count("/") >= 2):
+        raise HarnessError(f"BERT folder {source} not found: pass a folder with config.json and model.safetensors "
+                           "or pytorch_model.bin, or a Hugging Face id in the local cache")
+    if local and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise HarnessError(f"BERT folder {source} has no config.json: without it transformers would assume "
+                           "bert-base sizes; copy the model's config.json next to its weights")
     try:
         bert, info = BertModel.from_pretrained(str(source), add_pooling_layer=False, output_loading_info=True,
                                                local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")
-    except (OSError, ValueError) as err:
+    except Exception as err:  # missing files, corrupt safetensors, shapes that do not fit the config, ...
         hint = ("a folder with config.json and model.safetensors or pytorch_model.bin" if local else
                 "a local folder (config.json + weights), or an id already in the Hugging Face cache")
-        raise HarnessError(f"cannot load BERT weights from '{source}': {str(err).splitlines()[0][:160]}; "
-                           f"expected {hint}") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise HarnessError(f"cannot load BERT weights from '{source}': {first}; expected {hint}") from None
     ours = model.textmodel.bert.config
     for attr in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
         if getattr(bert.config, attr) != getattr(ours, attr):
