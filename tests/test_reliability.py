@@ -226,3 +226,28 @@ def test_profile_bad_sizes_are_one_line(monkeypatch, synth_root, capsys, extra, 
     monkeypatch.setattr(train_mod, "synthetic_root", lambda *a, **k: synth_root)
     assert main(["profile", *extra]) == 2
     assert message in one_line_error(capsys)
+
+
+def test_an_eval_box_outside_its_image_is_refused_before_training(data_copy, tmp_path, capsys):
+    path = data_copy / "data/unc/unc_val.pth"
+    rows = torch.load(path, weights_only=True)
+    rows[0] = rows[0][:2] + ([0, 0, 5000, 10],) + rows[0][3:]
+    torch.save(rows, path)
+    assert main(run_args(data_copy, tmp_path)) == 2
+    assert "unc_val.pth record 0: box" in one_line_error(capsys)
+
+
+def test_a_write_failure_mid_run_is_one_line_and_leaves_a_failed_record(synth_root, tmp_path, capsys, monkeypatch):
+    import harness.train as train_mod
+
+    def full_disk(obj, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(train_mod, "save_atomic", full_disk)
+    assert main(run_args(synth_root, tmp_path)) == 2
+    err = one_line_error(capsys)
+    assert "No space left on device" in err and ("last.pth" in err or "best.pth" in err)
+    record = json.loads((tmp_path / "rec" / "unc_frozen_tiny.json").read_text())
+    assert record["status"] == "failed" and "No space left on device" in record["error"]
+    assert main(["eval", "--checkpoint", "x.pth", "--dataset", "unc", "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in one_line_error(capsys)
