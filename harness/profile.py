@@ -132,6 +132,22 @@ class _Trainer:
         return times
 
 
+def _refuse_beyond_host_memory(model, optimizer, amp: bool, batch_size: int, seed: int) -> None:
+    """A CPU training step keeps its activations in host memory: measure what one sample saves for backward and
+    refuse, before the real batch, a batch whose activations alone would pass 80% of the machine's memory."""
+    from harness.flops import synthetic_batch
+
+    have = _physical_memory()
+    if not have:
+        return
+    one = _Trainer(model, optimizer, synthetic_batch(model.config, 1, torch.device("cpu"), seed), amp).training_state()
+    need = one["saved_activations_bytes"] * batch_size + one["training_state_bytes"] - one["saved_activations_bytes"]
+    if need > 0.8 * have:
+        raise HarnessError(f"a training step at batch {batch_size} keeps at least {need / 2**30:.1f} GiB in host memory "
+                           f"(measured at batch 1 and scaled), more than 80% of this machine's {have / 2**30:.1f} GiB: "
+                           "lower --batch-size or profile on a GPU")
+
+
 def profile(method: str, preset: str = "tiny", batch_size: int | None = None, device: str = "auto",
             amp: bool = False, dataset: str = "unc", train_size: int | None = None, data_root=None,
             steps: int = 20, warmup: int = 5, output="results/profile", seed: int = 13, write: bool = True,
@@ -171,8 +187,10 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
         if dev.type == "cuda":
             torch.cuda.empty_cache()  # drop the FLOP count's cached blocks; warm-up rebuilds the training cache
         optimizer = build_optimizer(meth, model, recipe)
-        trainer = _Trainer(model, optimizer, synthetic_batch(model.config, bs, dev, seed), recipe.amp)
         model.train()
+        if dev.type == "cpu" and bs > 1:
+            _refuse_beyond_host_memory(model, optimizer, recipe.amp, bs, seed)
+        trainer = _Trainer(model, optimizer, synthetic_batch(model.config, bs, dev, seed), recipe.amp)
         trainer.timed(warmup)
         proxy = trainer.training_state()  # not timed; creates the AdamW state if warm-up was 0
         if dev.type == "cuda":

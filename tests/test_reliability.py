@@ -251,3 +251,12 @@ def test_a_write_failure_mid_run_is_one_line_and_leaves_a_failed_record(synth_ro
     assert record["status"] == "failed" and "No space left on device" in record["error"]
     assert main(["eval", "--checkpoint", "x.pth", "--dataset", "unc", "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in one_line_error(capsys)
+
+
+def test_profile_refuses_a_cpu_batch_beyond_host_memory(monkeypatch, capsys):
+    import harness.profile as profile_mod
+
+    monkeypatch.setattr(profile_mod, "_physical_memory", lambda: 64 * 2**20)  # a 64 MiB machine
+    assert main(["profile", "--method", "full", "--preset", "tiny", "--batch-size", "256", "--device", "cpu",
+                 "--steps", "1", "--warmup", "0", "--no-flops", "--output", "/nonexistent/never-written"]) == 2
+    assert "measured at batch 1 and scaled" in one_line_error(capsys)
