@@ -111,7 +111,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
-    """The recipe's runtime settings (Recipe.runtime / frozen_chunk), after the method is applied."""
+    """The recipe's runtime settings (Recipe.runtime / frozen_chunk / checkpoint_fusion), after the method is applied."""
     if recipe.runtime == "optimized":
         model.optimize_for_training(channels_last=device.type == "cuda")
     else:  # released: explicit attention that keeps its N x N maps, as nn.MultiheadAttention(need_weights=True)
@@ -119,6 +119,7 @@ def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
     if device.type == "cuda":  # fixed input shapes: pick the fastest convolution once (not in the released code)
         torch.backends.cudnn.benchmark = recipe.runtime == "optimized"
     model.frozen_chunk_size = recipe.frozen_chunk
+    model.vl_transformer.checkpoint_layers = recipe.checkpoint_fusion
 
 
 def build_optimizer(method, model, recipe: Recipe) -> torch.optim.AdamW:

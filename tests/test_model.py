@@ -203,3 +203,37 @@ def test_bad_sizes_are_clear_errors():
         get_config("huge")
     with pytest.raises(HarnessError, match="multiple of the backbone stride"):
         get_config("tiny", image_size=100)
+
+
+@pytest.mark.parametrize("method", ["full", "m2ist"])
+def test_fusion_checkpointing_keeps_the_loss_and_every_gradient(method):
+    """Activation checkpointing of the V-L fusion (recipe checkpoint_fusion): same loss, same gradients, dropout
+    included (the recomputation replays the RNG state), and less saved for backward."""
+    from harness.losses import rec_loss
+    from methods import apply_method, build_method
+
+    model = tiny_model(seed=4)
+    apply_method(build_method(method), model)
+    for layer in model.vl_transformer.layers:  # the tiny fusion has no dropout: give it some to replay
+        layer.self_attn.dropout = 0.1
+        for m in (layer.dropout, layer.dropout1, layer.dropout2):
+            m.p = 0.1
+    model.train()
+    *inputs, box = random_batch(model, batch_size=3)
+    outcome = {}
+    for checkpointing in (False, True):
+        model.vl_transformer.checkpoint_layers = checkpointing
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(11)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss = rec_loss(model(*inputs), box)["loss"]
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        outcome[checkpointing] = (loss.detach(), grads, sum(saved))
+    (loss0, grads0, saved0), (loss1, grads1, saved1) = outcome[False], outcome[True]
+    torch.testing.assert_close(loss1, loss0)
+    assert grads0.keys() == grads1.keys() and grads0
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert saved1 < saved0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # Names of the per-layer taps, shared with the language branch.
 TAP_NAMES = ("x", "attn", "attn_out", "ffn", "out")
@@ -62,18 +63,27 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A stack of post-norm layers without a final norm (DETR's default, normalize_before=False)."""
+    """A stack of post-norm layers without a final norm (DETR's default, normalize_before=False).
+
+    `checkpoint_layers`: activation checkpointing, one segment per layer (torch.utils.checkpoint, non-reentrant,
+    RNG state preserved so dropout replays the same masks): a layer keeps only its input for backward and
+    recomputes its activations there. Numerics unchanged; used for the V-L fusion (recipe `checkpoint_fusion`)."""
 
     def __init__(self, layers: int, d_model: int, heads: int, ffn: int, dropout: float):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(d_model, heads, ffn, dropout) for _ in range(layers))
+        self.checkpoint_layers = False
         for p in self.parameters():  # DETR Transformer._reset_parameters
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
     def forward(self, src, pos, key_padding_mask, taps: Taps | None = None):
+        recompute = self.checkpoint_layers and torch.is_grad_enabled() and taps is None
         for layer in self.layers:
-            src = layer(src, pos, key_padding_mask, taps)
+            if recompute:
+                src = checkpoint(layer, src, pos, key_padding_mask, use_reentrant=False)
+            else:
+                src = layer(src, pos, key_padding_mask, taps)
         return src
 
 
