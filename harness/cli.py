@@ -153,10 +153,14 @@ def _cmd_profile(args):
     if args.loader:
         out = loader_throughput(args.preset, args.dataset, args.data_root, args.num_workers,
                                 64 if args.batch_size is None else args.batch_size, args.steps,
-                                tokenizer=args.tokenizer)
+                                tokenizer=args.tokenizer, coco_like=args.coco_like)
+        w = out["per_worker"]
         print(json.dumps(out, indent=2) if args.json else
               f"loader ({out['data']} {args.dataset}, {out['image_size']} px, augmentation on, "
-              f"{out['num_workers']} workers): {out['samples_per_s']:.1f} samples/s over {out['batches']} batches")
+              f"{out['num_workers']} workers): {out['samples_per_s']:.1f} samples/s over {out['batches']} batches\n"
+              f"per worker: {w['pipeline_samples_per_s']:.1f} samples/s; decode-only floor on the same "
+              f"{w['samples']} files ({w['mean_jpeg_kib']:.0f} KiB mean): {w['decode_floor_samples_per_s']:.1f} "
+              f"samples/s ({100 * w['pipeline_share_of_floor']:.0f}% of the floor)")
         return
     if not args.method:
         raise HarnessError("harness profile needs --method NAME (or --loader for the data loader alone)")
@@ -309,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--num-workers", type=int, default=8, help="data loader workers for --loader")
     prof.add_argument("--tokenizer", default=None, help="for --loader --data-root: HF id, folder or vocab.txt "
                                                         "(default: bert-base-uncased)")
+    prof.add_argument("--coco-like", type=int, default=None, metavar="N",
+                      help="for --loader: time N generated COCO-like 640x480 JPEGs (quality 90; made once, cached)")
     prof.add_argument("--output", default="results/profile", help="folder for the profile record")
     prof.set_defaults(func=_cmd_profile)
 

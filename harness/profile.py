@@ -294,9 +294,12 @@ def loader_host_bytes(image_size: int, batch_size: int, num_workers: int) -> int
 
 
 def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=None, num_workers: int = 8,
-                      batch_size: int = 64, batches: int = 30, warmup: int = 3, tokenizer=None) -> dict:
+                      batch_size: int = 64, batches: int = 30, warmup: int = 3, tokenizer=None,
+                      coco_like: int | None = None) -> dict:
     """Samples/s the index loader delivers with training augmentation at the preset's image size (decoding,
-    augmentation, tokenisation, collation; no model), so it can be set against a method's samples/s."""
+    augmentation, tokenisation, collation; no model), so it can be set against a method's samples/s; and one
+    worker's samples/s next to the decode-only floor on the same files (harness/loader_bench.py). `coco_like`:
+    time that many generated COCO-like 640 x 480 JPEGs (made once, cached) instead of the data root."""
     from torch.utils.data import DataLoader
 
     from datasets.catalog import get_spec
@@ -315,6 +318,14 @@ def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=Non
         raise HarnessError(f"batch {batch_size} x {num_workers} workers at {image_size} px keeps about "
                            f"{need / 2**30:.1f} GiB of batches in host memory, more than 80% of this machine's "
                            f"{have / 2**30:.1f} GiB: lower --batch-size or --num-workers")
+    if coco_like is not None:
+        from harness.loader_bench import coco_like_root
+        from harness.train import DEFAULT_CACHE
+
+        if dataset != "unc" or data_root is not None or coco_like < 1:
+            raise HarnessError("--coco-like N (N >= 1) generates its own unc-style set: drop --data-root / --dataset")
+        data_root = coco_like_root(DEFAULT_CACHE / f"coco-like-{coco_like}", coco_like)
+        tokenizer = str(data_root / "vocab.txt")
     paths, tok_source, kind, _ = resolve_data(RunConfig(method="frozen", dataset=dataset, data_root=data_root,
                                                         tokenizer=tokenizer), 0)
     ds = RECDataset(paths, dataset, "train", build_tokenizer(tok_source), image_size, train=True,
@@ -333,6 +344,10 @@ def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=Non
             if n >= warmup + batches:
                 break
     seconds = time.perf_counter() - t0
+    from harness.loader_bench import per_worker
+
     return {"samples_per_s": batches * batch_size / seconds, "batches": batches, "batch_size": batch_size,
-            "num_workers": num_workers, "image_size": image_size, "data": kind, "dataset": dataset,
-            "train_size": len(ds), "what": "training loader with augmentation, timed after warm-up batches"}
+            "num_workers": num_workers, "image_size": image_size, "data": "coco-like JPEGs" if coco_like else kind,
+            "dataset": dataset, "train_size": len(ds), "per_worker": per_worker(ds),
+            "env": records.environment(torch.device("cpu")),
+            "what": "training loader with augmentation, timed after warm-up batches"}

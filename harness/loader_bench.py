@@ -1,0 +1,108 @@
+"""The training data pipeline per worker: samples/s of one worker's work (decode, TransVG's training augmentation,
+tokenisation) on COCO-like JPEGs, next to a decode-only floor on the same files (`harness profile --loader`).
+
+COCO-like: 640 x 480 JPEGs at quality 90 whose content has a photo-like spectrum (noise summed over octaves, grain,
+solid shapes with edges), about 150 KiB each like COCO train2014's (13 GB / 82,783 images = 157 KiB), so that the
+entropy decoder does a photo's work; flat synthetic scenes decode faster than photos and would flatter the loader. Each file gets one
+index record in TransVG's layout, so the exact dataset class and transforms of a run are what is timed.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from datasets.catalog import COCO_TRAIN2014
+from datasets.files import building
+
+WIDTH, HEIGHT, QUALITY = 640, 480, 90
+WORDS = ("the", "man", "left", "woman", "right", "red", "car", "dog", "on", "big", "small", "cup", "table")
+
+
+def _photo_like(rng: np.random.Generator) -> Image.Image:
+    pixels = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+    for cells, weight in ((4, 50.0), (16, 30.0), (64, 30.0), (256, 25.0)):  # octaves: coarse blobs to fine texture
+        small = rng.normal(0.0, 1.0, size=(max(1, HEIGHT * cells // WIDTH), cells, 3)).astype(np.float32)
+        for c in range(3):
+            layer = Image.fromarray(small[..., c]).resize((WIDTH, HEIGHT), Image.BICUBIC)
+            pixels[..., c] += weight * np.asarray(layer)
+    pixels += rng.normal(0.0, 10.0, size=pixels.shape)  # sensor grain
+    image = Image.fromarray(np.clip(pixels + rng.uniform(90, 160, size=3), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 8))):
+        x, y = int(rng.integers(0, WIDTH - 80)), int(rng.integers(0, HEIGHT - 80))
+        w, h = int(rng.integers(40, 240)), int(rng.integers(40, 200))
+        draw.rectangle((x, y, min(WIDTH - 1, x + w), min(HEIGHT - 1, y + h)),
+                       fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+def coco_like_root(folder, images: int = 300, seed: int = 13) -> Path:
+    """A data root with `images` COCO-like JPEGs and one `unc` train record per image; made once, reused."""
+    folder = Path(folder)
+    if (folder / "data" / "unc" / "unc_train.pth").is_file():
+        return folder
+    rng = np.random.default_rng(seed)
+    with building(folder) as tmp:
+        image_dir = tmp / "ln_data" / COCO_TRAIN2014
+        image_dir.mkdir(parents=True)
+        rows = []
+        for i in range(images):
+            name = f"COCO_train2014_{i + 1:012d}.jpg"
+            _photo_like(rng).save(image_dir / name, quality=QUALITY)
+            x, y = int(rng.integers(0, 400)), int(rng.integers(0, 300))
+            box = [float(x), float(y), float(rng.integers(40, 200)), float(rng.integers(40, 160))]
+            phrase = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 8))))
+            rows.append((name, f"{i}.pth", box, phrase, ""))
+        (tmp / "data" / "unc").mkdir(parents=True)
+        for split in ("train", "val", "testA", "testB"):
+            torch.save(rows if split == "train" else rows[:4], tmp / "data" / "unc" / f"unc_{split}.pth")
+        (tmp / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return folder
+
+
+def _rate(fn, n: int, repeats: int = 3) -> float:
+    """Samples/s of fn(i) for i < n, the median of `repeats` passes after one untimed pass (file cache warm)."""
+    for i in range(n):
+        fn(i)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def per_worker(dataset, samples: int | None = None, seed: int = 13) -> dict:
+    """One worker's throughput, measured in this process (no inter-process copies): the full training sample
+    (decode + augmentation + tokenisation, as a DataLoader worker runs it) and the decode-only floor (PIL open +
+    RGB conversion of the same files)."""
+    import random
+
+    n = min(samples or len(dataset), len(dataset))
+    files = [dataset.image_dir / r.image_file for r in dataset.records[:n]]
+
+    def decode(i):
+        with Image.open(files[i]) as img:
+            img.convert("RGB")
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a DataLoader worker runs with
+    try:
+        pipeline = _rate(lambda i: dataset[i], n)
+        floor = _rate(decode, n)
+    finally:
+        torch.set_num_threads(threads)
+    sizes = [f.stat().st_size for f in files]
+    return {"pipeline_samples_per_s": pipeline, "decode_floor_samples_per_s": floor,
+            "pipeline_share_of_floor": pipeline / floor, "samples": n,
+            "mean_jpeg_kib": statistics.fmean(sizes) / 1024, "torch_threads": 1,
+            "what": "one worker's work in one process: dataset[i] (decode, TransVG training augmentation, "
+                    "tokenisation) vs PIL open + RGB conversion of the same files; median of 3 passes after a warm one"}
