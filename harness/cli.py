@@ -5,7 +5,10 @@ Errors that are the user's to fix (HarnessError, DataError) end in one line on s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from datasets.errors import DataError
 from harness.errors import HarnessError
@@ -180,6 +183,55 @@ def _cmd_pretrain(args):
     cli(args)
 
 
+def _cmd_suite(args):
+    import time
+
+    from harness import executor
+    from harness.records import write_json_atomic
+    from harness.suites import expand, load_suite, suite_names
+
+    if args.list or not args.name:
+        for name in suite_names():
+            print(f"{name:<12} {' '.join(str(load_suite(name).get('description', '')).split())}")
+        return
+    suite = load_suite(args.name)
+    variables = {}
+    for item in args.var:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HarnessError(f"--var {item!r}: expected KEY=VALUE")
+        variables[key] = value
+    jobs = expand(suite, variables)
+    if args.force:  # redo what is up to date: no skipping, and finished checkpoints are discarded, saying so
+        jobs = [replace(j, argv=tuple(a for a in j.argv if a != "--skip-done") + (("--restart",) if j.argv[0] == "run"
+                                                                                 else ())) for j in jobs]
+    if args.dry_run:
+        for job in jobs:
+            print(("-- barrier -- " if job.barrier else "") + "harness " + " ".join(job.argv))
+        return
+    gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
+    workers = args.workers or (len(gpus) if gpus else 2)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // workers)
+    if workers < 1 or threads < 1:
+        raise HarnessError(f"--workers and --threads must be >= 1 (got {workers}, {threads})")
+    name = Path(suite["path"]).stem
+    logs = Path(args.logs or f"runs/suite-logs/{name}")
+    print(f"suite {name}: {len(jobs)} jobs, {workers} at a time, {threads} torch thread(s) each"
+          + (f", GPUs {','.join(gpus)}" if gpus else "") + f"; logs in {logs}/")
+    start = time.perf_counter()
+    outcomes = executor.execute(jobs, logs, workers=workers, threads=threads, gpus=gpus)
+    wall = time.perf_counter() - start
+    record = executor.suite_record(name, suite["path"], outcomes, wall, workers, threads, gpus)
+    path = write_json_atomic(args.record or f"results/suites/{name}.json", record)
+    print(executor.summary(name, outcomes, wall) + f"\nsuite record: {path}")
+    if record["failed"]:
+        raise SuiteFailed(f"{len(record['failed'])} of {len(jobs)} jobs failed (listed above)")
+
+
+class SuiteFailed(HarnessError):
+    pass
+
+
 def _cmd_table(args):
     from harness.tables import build_tables
 
@@ -332,6 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--images", type=int, default=None, help=argparse.SUPPRESS)
     pre.add_argument("--captions", type=int, default=None, help=argparse.SUPPRESS)
     pre.set_defaults(func=_cmd_pretrain)
+
+    suite = sub.add_parser("suite", help="run a named suite of jobs (suites/NAME.yaml): runs, profiles, tables; "
+                                         "up-to-date runs are skipped, interrupted ones resume, failures are listed")
+    suite.add_argument("name", nargs="?", help="a suite name (see --list) or a suite file")
+    suite.add_argument("--list", action="store_true", help="list the suites")
+    suite.add_argument("--workers", type=int, default=None, help="jobs at a time (default: 2 on CPU, one per GPU)")
+    suite.add_argument("--threads", type=int, default=None,
+                       help="torch threads per job (default: the CPU count / workers); fixed, so a run's numbers do "
+                            "not depend on what runs beside it")
+    suite.add_argument("--gpus", default=None, help="comma-separated GPU indices: one job per GPU")
+    suite.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="fill {KEY} in the suite")
+    suite.add_argument("--force", action="store_true", help="redo runs whose record is up to date")
+    suite.add_argument("--dry-run", action="store_true", help="print the jobs and stop")
+    suite.add_argument("--logs", default=None, help="folder for the jobs' logs (default runs/suite-logs/NAME)")
+    suite.add_argument("--record", default=None, help="the suite record (default results/suites/NAME.json)")
+    suite.set_defaults(func=_cmd_suite)
 
     table = sub.add_parser("table", help="regenerate results/main.md, efficiency.md and tradeoff.png from records")
     table.add_argument("--runs", default="results/runs", help="folder of run records")

@@ -95,7 +95,7 @@ def cache_key(cfg: PretrainConfig) -> str:
 
 def default_dir(cfg: PretrainConfig, cache_dir=None) -> Path:
     if cache_dir is None:
-        from harness.train import DEFAULT_CACHE as cache_dir
+        from harness.device import DEFAULT_CACHE as cache_dir
     return Path(cache_dir) / "pretrained" / f"{cfg.preset}-seed{cfg.seed}-{cache_key(cfg)}"
 
 
@@ -124,7 +124,7 @@ def ensure_pretrained(cfg: PretrainConfig = PretrainConfig(), out=None, cache_di
                                "or --force to replace them")
         if any(root.iterdir()):
             raise HarnessError(f"{root} exists and is not a pretraining output folder: pass an empty or new --out")
-    from harness.train import resolve_device
+    from harness.device import resolve_device
 
     dev = resolve_device(device)
     partial = root.parent / f".{root.name}.partial"

@@ -157,7 +157,8 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     from harness.flops import forward_flops, synthetic_batch, train_step_flops
     from harness.model import build_model, count_parameters
     from harness.recipe import build_recipe
-    from harness.train import build_optimizer, prepare_runtime, resolve_device, seed_everything
+    from harness.device import resolve_device
+    from harness.train import build_optimizer, prepare_runtime, seed_everything
     from methods import apply_method, build_method, method_defaults
 
     if steps < 1 or warmup < 0:
@@ -320,7 +321,7 @@ def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=Non
                            f"{have / 2**30:.1f} GiB: lower --batch-size or --num-workers")
     if coco_like is not None:
         from harness.loader_bench import coco_like_root
-        from harness.train import DEFAULT_CACHE
+        from harness.device import DEFAULT_CACHE
 
         if dataset != "unc" or data_root is not None or coco_like < 1:
             raise HarnessError("--coco-like N (N >= 1) generates its own unc-style set: drop --data-root / --dataset")

@@ -29,6 +29,8 @@ from datasets.synth import DEFAULT_IMAGES as SYNTH_DEFAULT_IMAGES
 from datasets.synth import ensure_synthetic
 from datasets.tokenize import build_tokenizer
 from harness import records
+from harness import device as _device
+from harness.device import resolve_device
 from harness.errors import HarnessError
 from harness.evaluate import evaluate
 from harness.flops import forward_flops, train_step_flops
@@ -40,7 +42,6 @@ from harness.pretrain import PretrainConfig, ensure_pretrained, weights_source
 from harness.recipe import Recipe, build_recipe
 from methods import apply_method, build_method, method_defaults
 
-DEFAULT_CACHE = Path(os.environ.get("REC_BENCH_CACHE", Path.home() / ".cache" / "rec-petl-bench"))
 SYNTH_SEED = 13
 WARMUP_STEPS = 5  # excluded from the step-time median and the memory peak
 
@@ -97,19 +98,6 @@ def init_distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise HarnessError("--device cuda asked for, but torch sees no GPU: use --device cpu or auto")
-        if dist.is_initialized():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    elif name != "cpu":
-        raise HarnessError(f"unknown device '{name}': use auto, cpu or cuda")
-    return torch.device(name)
-
-
 def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
     """The recipe's runtime settings (Recipe.runtime / frozen_chunk / checkpoint_fusion), after the method is applied."""
     if recipe.runtime == "optimized":
@@ -158,7 +146,7 @@ def rank0_first(make, rank: int):
 
 def synthetic_root(cache_dir=None, images: int = SYNTH_DEFAULT_IMAGES) -> Path:
     """The synthetic set used when no data root is given, generated once into the cache."""
-    return ensure_synthetic(Path(cache_dir) if cache_dir else DEFAULT_CACHE, seed=SYNTH_SEED, images=images)
+    return ensure_synthetic(Path(cache_dir) if cache_dir else _device.DEFAULT_CACHE, seed=SYNTH_SEED, images=images)
 
 
 def resolve_data(cfg: RunConfig, rank: int):

@@ -2,7 +2,7 @@
 and method option before any work starts."""
 import pytest
 
-import harness.train as train_mod
+import harness.device as device_mod
 from datasets.synth import ensure_synthetic
 from harness.cli import main
 from harness.errors import HarnessError
@@ -68,7 +68,7 @@ def test_overrides_tag_is_a_safe_file_name():
 def test_run_with_set_records_the_override_and_tags_the_run_id(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     ensure_synthetic(cache, seed=13, images=IMAGES)
-    monkeypatch.setattr(train_mod, "DEFAULT_CACHE", cache)
+    monkeypatch.setattr(device_mod, "DEFAULT_CACHE", cache)
     args = ["run", "--method", "m2ist", "--dataset", "unc", "--random-init", "--synthetic-images", str(IMAGES),
             "--device", "cpu", "--batch-size", "8", "--max-steps", "1", "--epochs", "1",
             "--output", str(tmp_path / "rec"), "--work-dir", str(tmp_path / "work")]

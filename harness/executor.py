@@ -1,0 +1,126 @@
+"""How a suite's jobs are executed (the jobs themselves come from harness/suites.py).
+
+Each job is one `harness` command in its own process, so a job's numbers never depend on what ran before it in
+the same interpreter. On CPU, `workers` jobs run side by side, each with a fixed number of torch threads
+(OMP_NUM_THREADS): a run's numbers depend on its thread count, never on how many jobs run beside it. With GPUs,
+one job per device (CUDA_VISIBLE_DEVICES). Barrier jobs (tables, pretraining) wait for everything before them.
+A failed job is reported and the others go on; the summary and a suite record (kind "suite") say what ran, what
+was skipped (an up-to-date record) and what failed, with each job's log.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.suites import Job
+
+SKIPPED_MARK = re.compile(r": up to date \(.*\), skipped$", re.MULTILINE)  # what `harness run --skip-done` prints
+
+
+@dataclass
+class Outcome:
+    job: str
+    argv: list
+    status: str  # ok | skipped | failed
+    seconds: float
+    message: str  # the error line of a failed job
+    log: str
+
+
+def phases(jobs: list[Job]) -> list[list[Job]]:
+    """Consecutive groups that may run in parallel: a barrier job is a group of its own."""
+    out, current = [], []
+    for job in jobs:
+        if job.barrier:
+            if current:
+                out.append(current)
+            out.append([job])
+            current = []
+        else:
+            current.append(job)
+    if current:
+        out.append(current)
+    return out
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_")
+
+
+def run_job(job: Job, log_dir: Path, threads: int, gpu: str | None = None) -> Outcome:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    log = log_dir / f"{_slug(job.name)}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        out.write(f"$ harness {' '.join(job.argv)}\n")
+        out.flush()
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", *job.argv], stdout=out, stderr=subprocess.STDOUT,
+                              env=env)
+    seconds = time.perf_counter() - t0
+    text = log.read_text(errors="replace")
+    if proc.returncode != 0:
+        lines = [line for line in text.splitlines() if line.startswith("error:")] or text.splitlines()[-1:]
+        return Outcome(job.name, list(job.argv), "failed", seconds, (lines or [f"exit {proc.returncode}"])[-1], str(log))
+    status = "skipped" if SKIPPED_MARK.search(text) else "ok"
+    return Outcome(job.name, list(job.argv), status, seconds, "", str(log))
+
+
+def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: list[str] | None = None,
+            log=print) -> list[Outcome]:
+    """Every job, phase by phase; within a phase up to `workers` at once (one per GPU when `gpus` is given)."""
+    log_dir = Path(log_dir)
+    outcomes, done = [], 0
+    free = queue.Queue()
+    for gpu in gpus or []:
+        free.put(gpu)
+    width = len(gpus) if gpus else workers
+
+    def one(job: Job) -> Outcome:
+        gpu = free.get() if gpus else None
+        try:
+            return run_job(job, log_dir, threads, gpu)
+        finally:
+            if gpus:
+                free.put(gpu)
+
+    for phase in phases(jobs):
+        with ThreadPoolExecutor(max_workers=max(1, min(width, len(phase)))) as pool:
+            for outcome in pool.map(one, phase):
+                done += 1
+                outcomes.append(outcome)
+                note = f" ({outcome.message})" if outcome.message else ""
+                log(f"[{done}/{len(jobs)}] {outcome.status:<7} {outcome.seconds:7.1f} s  {outcome.job}{note}")
+    return outcomes
+
+
+def summary(name: str, outcomes: list[Outcome], wall_s: float) -> str:
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
+    lines = [f"suite {name}: {counts['ok']} ran, {counts['skipped']} skipped (up to date), {counts['failed']} failed "
+             f"in {wall_s:.0f} s ({wall_s / 60:.1f} min)"]
+    lines += [f"  FAILED {o.job}: {o.message} (log: {o.log})" for o in outcomes if o.status == "failed"]
+    return "\n".join(lines)
+
+
+def suite_record(name: str, path: str, outcomes: list[Outcome], wall_s: float, workers: int, threads: int,
+                 gpus) -> dict:
+    from harness import records
+
+    return {"schema": records.SCHEMA_VERSION, "kind": "suite", "suite": name, "suite_file": path, "wall_s": wall_s,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "workers": workers,
+                        "torch_threads_per_job": threads, "gpus": gpus or []},
+            "git": records.git_state(), "created_at": records.now(),
+            "ran": [o.job for o in outcomes if o.status == "ok"],
+            "skipped": [o.job for o in outcomes if o.status == "skipped"],
+            "failed": [o.job for o in outcomes if o.status == "failed"],
+            "jobs": [asdict(o) for o in outcomes]}

@@ -1,0 +1,121 @@
+"""What jobs a suite has: `suites/<name>.yaml` -> an ordered list of jobs, each one `harness` command.
+
+A suite file:
+
+    description: one line for `harness suite --list`
+    jobs:
+      - pretrain: {preset: tiny}                  # any harness subcommand: run, profile, table, pretrain, data
+      - run: {method: all, dataset: [unc], preset: tiny, device: cpu}
+      - profile: {method: all, preset: tiny, device: cpu}
+      - table: {}
+
+A job is a mapping of one subcommand to its flags (`key: value` -> `--key value`, `true` -> `--key`, a list in
+`method` / `dataset` expands to one job per value, `method: all` to every registered method). `{var}` in a value
+is filled from the suite's `vars:` and the command line's `--var KEY=VALUE`. `table` and `pretrain` jobs are
+barriers: every job before them finishes first. The executor (harness/executor.py) decides how the jobs run.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from harness.errors import HarnessError
+
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+COMMANDS = ("run", "profile", "table", "pretrain", "data")
+BARRIERS = ("table", "pretrain", "data")
+EXPANDED = ("method", "dataset")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # a readable id: command and the values it was expanded over
+    argv: tuple[str, ...]  # the harness command line
+    barrier: bool = False  # every earlier job must end before it starts
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name: str) -> dict:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SUITES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise HarnessError(f"unknown suite {name!r}: choose one of {', '.join(suite_names())} (suites/*.yaml) or "
+                           "pass a suite file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise HarnessError(f"suite file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+        raise HarnessError(f"suite file {path}: needs a `jobs:` list (see harness/suites.py)")
+    unknown = sorted(set(data) - {"description", "vars", "jobs"})
+    if unknown:
+        raise HarnessError(f"suite file {path}: unknown key(s) {', '.join(unknown)}; known: description, vars, jobs")
+    data["path"] = str(path)
+    return data
+
+
+def _flag(key: str, value) -> list[str]:
+    flag = "--" + key.replace("_", "-")
+    if value is True:
+        return [flag]
+    if value is False or value is None:
+        return []
+    if isinstance(value, list):
+        return [part for v in value for part in (flag, str(v))]  # a repeatable flag (--set)
+    return [flag, str(value)]
+
+
+def expand(suite: dict, variables: dict | None = None, methods: list[str] | None = None) -> list[Job]:
+    """The suite's jobs with lists and `all` expanded and `{var}` filled in, in file order."""
+    from methods import method_names
+
+    variables = {**(suite.get("vars") or {}), **(variables or {})}
+    all_methods = methods or method_names()
+    jobs = []
+    for i, entry in enumerate(suite["jobs"]):
+        where = f"suite file {suite['path']} job {i + 1}"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise HarnessError(f"{where}: a job is one `command: {{flags}}` mapping, got {entry!r}")
+        (command, flags), = entry.items()
+        if command not in COMMANDS:
+            raise HarnessError(f"{where}: unknown job {command!r}; known: {', '.join(COMMANDS)}")
+        flags = dict(flags or {})
+        if not all(isinstance(k, str) for k in flags):
+            raise HarnessError(f"{where}: flag names must be strings")
+        try:
+            flags = {k: _fill(v, variables) for k, v in flags.items()}
+        except KeyError as err:
+            raise HarnessError(f"{where}: {{{err.args[0]}}} is not set: add it to the suite's vars: or pass "
+                               f"--var {err.args[0]}=VALUE") from None
+        axes = []
+        for key in EXPANDED:
+            value = flags.pop(key, None)
+            if value == "all" and key == "method":
+                value = all_methods
+            axes.append([(key, v) for v in (value if isinstance(value, list) else [value])] if value is not None
+                        else [None])
+        subcommand = flags.pop("subcommand", None)  # `data` jobs: data synth / data prepare ...
+        for combo in itertools.product(*axes):
+            picked = dict(c for c in combo if c)
+            argv = [command] + ([str(subcommand)] if subcommand else [])
+            for key, value in {**picked, **flags}.items():
+                argv += _flag(key, value)
+            label = "_".join(str(v) for v in picked.values())
+            jobs.append(Job(name=f"{command}{' ' + label if label else ''}", argv=tuple(argv),
+                            barrier=command in BARRIERS))
+    return jobs
+
+
+def _fill(value, variables: dict):
+    if isinstance(value, str):
+        whole = re.fullmatch(r"\{(\w+)\}", value)
+        return variables[whole.group(1)] if whole else value.format_map(variables)  # "{x}" keeps x's type (null)
+    if isinstance(value, list):
+        return [_fill(v, variables) for v in value]
+    return value

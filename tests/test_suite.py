@@ -1,0 +1,87 @@
+"""`harness suite`: suite files, parallel execution with a fixed thread count, skip and resume, failures."""
+import json
+
+import pytest
+import yaml
+
+from datasets.synth import ensure_synthetic
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.suites import expand, load_suite, suite_names
+
+IMAGES = 12
+
+
+@pytest.fixture
+def tiny_suite(tmp_path, monkeypatch):
+    """A suite of tiny runs on a small synthetic set in a cache of the test's own (subprocesses read the env)."""
+    cache = tmp_path / "cache"
+    ensure_synthetic(cache, seed=13, images=IMAGES)
+    monkeypatch.setenv("REC_BENCH_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def write(methods, name="s", out="rec"):
+        flags = {"method": methods, "dataset": "unc", "random_init": True, "synthetic_images": IMAGES,
+                 "device": "cpu", "epochs": 1, "max_steps": 2, "batch_size": 4, "num_workers": 0, "skip_done": True,
+                 "output": str(tmp_path / out), "work_dir": str(tmp_path / "work" / out)}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"description": "test", "jobs": [{"run": flags},
+                                        {"table": {"runs": str(tmp_path / out), "out": str(tmp_path / "tables")}}]}))
+        return path
+    return write
+
+
+def suite_args(path, tmp_path, *extra):
+    return ["suite", str(path), "--logs", str(tmp_path / "logs"), "--record", str(tmp_path / "suite.json"), *extra]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("jobs: [{train: {}}]", "unknown job 'train'"),
+    ("jobs: [{run: {}, table: {}}]", "a job is one `command: {flags}` mapping"),
+    ("jobs: []\nschedule: 3", "unknown key\\(s\\) schedule"),
+    ("description: no jobs", "needs a `jobs:` list"),
+    ("jobs: [{run: {output: '{where}'}}]", "\\{where\\} is not set"),
+])
+def test_bad_suite_files_are_one_line(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(HarnessError, match=message):
+        expand(load_suite(str(path)))
+
+
+def test_named_suites_parse_and_unknown_names_are_refused(capsys):
+    assert {"default", "random-init", "transfer", "efficiency", "paper"} <= set(suite_names())
+    for name in suite_names():
+        variables = {"data_root": "/d", "weights": "/w"} if name == "paper" else {}
+        assert expand(load_suite(name), variables)
+    assert main(["suite", "nope"]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+def test_runs_then_skips_then_a_failure_does_not_stop_the_others(tiny_suite, tmp_path, capsys):
+    path = tiny_suite(["frozen", "full"])
+    assert main(suite_args(path, tmp_path)) == 0
+    record = json.loads((tmp_path / "suite.json").read_text())
+    assert record["kind"] == "suite" and record["wall_s"] > 0 and record["git"]["commit"]
+    assert sorted(record["ran"]) == ["run frozen_unc", "run full_unc", "table"] and not record["failed"]
+    assert (tmp_path / "rec" / "unc_full_tiny.json").is_file() and (tmp_path / "tables" / "main.md").is_file()
+    assert main(suite_args(path, tmp_path)) == 0  # everything up to date
+    record = json.loads((tmp_path / "suite.json").read_text())
+    assert sorted(record["skipped"]) == ["run frozen_unc", "run full_unc"] and record["ran"] == ["table"]
+    capsys.readouterr()
+    broken = tiny_suite(["frozen", "nope", "lora"], name="broken", out="rec2")
+    assert main(suite_args(broken, tmp_path)) == 2
+    out, err = capsys.readouterr()
+    record = json.loads((tmp_path / "suite.json").read_text())
+    assert record["failed"] == ["run nope_unc"] and {"run frozen_unc", "run lora_unc"} <= set(record["ran"])
+    assert "FAILED run nope_unc: error: unknown method 'nope'" in out and err.startswith("error: 1 of 4 jobs failed")
+
+
+def test_a_run_alone_and_beside_another_gives_the_same_record(tiny_suite, tmp_path):
+    alone = tiny_suite(["m2ist"], name="alone", out="alone")
+    pair = tiny_suite(["m2ist", "lora"], name="pair", out="pair")
+    assert main(suite_args(alone, tmp_path, "--workers", "1", "--threads", "1")) == 0
+    assert main(suite_args(pair, tmp_path, "--workers", "2", "--threads", "1")) == 0
+    a, b = (json.loads((tmp_path / d / "unc_m2ist_tiny.json").read_text()) for d in ("alone", "pair"))
+    assert a["results"] == b["results"] and a["train"] == b["train"] and a["config_hash"] == b["config_hash"]
+    assert a["env"]["device_name"] == b["env"]["device_name"] and "1 threads" in a["env"]["device_name"]
