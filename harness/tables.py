@@ -5,6 +5,7 @@
   (preset, device, precision, batch), since "% of full" only means something within such a group. Profile
   records are preferred; figures inside run records fill in the rest, and a column says which.
 - results/tradeoff.png: accuracy vs peak memory, bubble size = tunable parameters (as Fig. 1 of M2IST).
+- results/curves.png: val Acc@0.5 per epoch of every method on the RefCOCO-style set, one line per method.
 
 A missing record is an empty cell, never a guess; a malformed record stops with one line naming its file.
 Every file starts with its provenance, built from the records it used.
@@ -135,9 +136,14 @@ def main_tables(runs: list[dict]) -> list[tuple[str, pd.DataFrame, list[dict]]]:
         rows = []
         for method in sorted({row_name(r) for r in group}, key=method_order):
             params = next((ok[(method, d)]["params"] for d, _, _ in splits if (method, d) in ok), None)
+            mine = [ok[(method, d)] for d in dict.fromkeys(d for d, _, _ in splits) if (method, d) in ok]
             row = {"method": method,
                    "tunable (M)": _fmt(params and params["encoder_side_trainable"] / 1e6),
-                   "tunable %": _fmt(params and params["percent_encoder_side"])}
+                   "tunable %": _fmt(params and params["percent_encoder_side"]),
+                   "encoder-side lr": _distinct(f"{r['recipe']['lr_encoder']:g}" for r in mine
+                                                if "lr_encoder" in r["recipe"]),
+                   "epochs trained": _distinct(f"{r['train']['epoch']}/{r['recipe']['epochs']}" for r in mine
+                                               if "train" in r and "epochs" in r["recipe"])}
             for dataset, split, label in splits:
                 res = ok.get((method, dataset), {}).get("results", {}).get(split)
                 row[f"{_dataset_label(dataset, data)} {label}"] = _fmt(res and 100 * res["accuracy"])
@@ -145,6 +151,10 @@ def main_tables(runs: list[dict]) -> list[tuple[str, pd.DataFrame, list[dict]]]:
         heading = f"{'Synthetic data' if data == 'synthetic' else 'Real data'}, preset {preset}"
         out.append((heading, pd.DataFrame(rows), group))
     return out
+
+
+def _distinct(values) -> str:
+    return ", ".join(dict.fromkeys(values))
 
 
 def _dataset_label(dataset: str, data: str) -> str:
@@ -272,6 +282,42 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
     return path
 
 
+def curves_plot(mains, path: Path) -> Path:
+    """Val Acc@0.5 per epoch of every method's run on the first group's RefCOCO-style set (real data first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    drawn = False
+    for heading, _, recs in mains:
+        runs = sorted((r for r in recs if r["status"] == "ok" and r["dataset"] == "unc"),
+                      key=lambda r: method_order(row_name(r)))
+        for r in runs:
+            history = (r.get("train") or {}).get("history") or []
+            points = [(h["epoch"], 100 * h["val_accuracy"]) for h in history if "val_accuracy" in h]
+            if points:
+                ax.plot(*zip(*points), marker="o" if len(points) < 3 else None, label=row_name(r))
+                drawn = True
+        if drawn:
+            loud = "SYNTHETIC DATA - " if recs[0]["data"] == "synthetic" else ""
+            ax.set_title(f"{loud}{heading}: val Acc@0.5 per epoch ({_dataset_label('unc', recs[0]['data'])})",
+                         fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("val Acc@0.5 (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            break
+    if not drawn:
+        ax.text(0.5, 0.5, "no run record with a validation history on a RefCOCO-style set", ha="center", va="center")
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
 # ---- files -------------------------------------------------------------------------------------------
 def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True) if len(table) else "(no records)"
@@ -323,4 +369,5 @@ def build_tables(runs="results/runs", profiles="results/profile", out="results")
         text += f"\n(no profile records in {profiles} and no run records in {runs})\n"
     paths.append(write_text_atomic(out / "efficiency.md", text))
     paths.append(tradeoff_plot(mains, effs, out / "tradeoff.png"))
+    paths.append(curves_plot(mains, out / "curves.png"))
     return paths

@@ -27,7 +27,7 @@ def make_record(method, dataset="unc", kind="run", data="synthetic", preset="tin
         "schema": SCHEMA_VERSION, "kind": kind, "method": method,
         "run_id": "_".join(p for p in (dataset.replace("+", "plus"), method, preset, tag) if p),
         "method_config": {}, "dataset": dataset, "dataset_label": "RefCOCO", "data": data, "preset": preset,
-        "recipe": {"batch_size": batch, "amp": precision != "fp32"}, "weights": {},
+        "recipe": {"batch_size": batch, "amp": precision != "fp32", "lr_encoder": 1e-5, "epochs": 2}, "weights": {},
         "env": {"git": {"commit": COMMIT, "dirty": dirty}, "device": device, "device_name": device_name},
         "params": {"encoder_side_trainable": enc, "trainable": trainable, "total": total,
                    "percent_encoder_side": 100 * enc / total},
@@ -40,6 +40,8 @@ def make_record(method, dataset="unc", kind="run", data="synthetic", preset="tin
     }
     if kind == "profile":
         record.update(device=device, device_name=device_name, precision=precision, batch_size=batch, image_size=160)
+    else:
+        record["train"] = {"epoch": 2, "history": [{"epoch": 1, "val_accuracy": acc / 2}, {"epoch": 2, "val_accuracy": acc}]}
     return validate_record(record)
 
 
@@ -90,6 +92,7 @@ def test_main_table(folders):
     assert rows.loc["m2ist [parallel]", "synthetic (ReferItGame-style) test"] == ""
     assert (rows.loc["adapter"].drop(["tunable (M)", "tunable %"]) == "").all()  # failed run: empty
     assert rows.loc["m2ist", "tunable (M)"] == "0.06" and rows.loc["frozen", "tunable %"] == "0.00"
+    assert rows.loc["m2ist", "encoder-side lr"] == "1e-05" and rows.loc["m2ist", "epochs trained"] == "2/2"
     assert not any("val-g" in c for c in table.columns)  # RefCOCOg google only when a record has it
     assert not any(c.startswith("RefCOCO") for c in table.columns)  # never plain RefCOCO for synthetic data
 
@@ -179,5 +182,5 @@ def test_cli_table(folders, capsys):
 
     runs, profiles, out = folders
     assert main(["table", "--runs", str(runs), "--profiles", str(profiles), "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"main.md", "efficiency.md", "tradeoff.png"}
+    assert {p.name for p in out.iterdir()} == {"main.md", "efficiency.md", "tradeoff.png", "curves.png"}
     assert "wrote" in capsys.readouterr().out
