@@ -43,23 +43,29 @@ def text_blind_baselines(paths: DataPaths, name: str) -> dict[str, dict]:
     out = {}
     for split in spec.eval_splits:
         hits = {rule: 0.0 for rule in RULES}
+        ious = {rule: 0.0 for rule in RULES}
         n_candidates = 0
         for r in splits[split]:
             candidates = torch.tensor(sorted(boxes[r.image_file]), dtype=torch.float64)
-            hit = box_iou(candidates, torch.tensor([r.box], dtype=torch.float64))[:, 0] >= 0.5
+            iou = box_iou(candidates, torch.tensor([r.box], dtype=torch.float64))[:, 0]
+            hit = iou >= 0.5
             if r.image_file not in sizes:
                 sizes[r.image_file] = _image_size(image_dir / r.image_file)
             width, height = sizes[r.image_file]
             centres = (candidates[:, :2] + candidates[:, 2:]) / 2
             off_centre = (centres - torch.tensor([width / 2, height / 2], dtype=torch.float64)).norm(dim=1)
-            hits["largest"] += float(hit[box_area(candidates).argmax()])
-            hits["central"] += float(hit[off_centre.argmin()])
+            picks = {"largest": box_area(candidates).argmax(), "central": off_centre.argmin()}
+            for rule, pick in picks.items():
+                hits[rule] += float(hit[pick])
+                ious[rule] += float(iou[pick])
             hits["random"] += hit.double().mean().item()
+            ious["random"] += iou.mean().item()
             n_candidates += len(candidates)
         n = len(splits[split])
         if n == 0:
             raise DataError(f"the {split} split of {name} under {paths.split_root} is empty")
-        out[split] = {**{rule: hits[rule] / n for rule in RULES}, "n": n, "candidates": n_candidates / n}
+        out[split] = {**{rule: hits[rule] / n for rule in RULES}, "miou": {rule: ious[rule] / n for rule in RULES},
+                      "n": n, "candidates": n_candidates / n}
     return out
 
 

@@ -45,7 +45,13 @@ def _cmd_data_baseline(args):
 
         args.root = synthetic_root()
     paths = resolve_paths(args.root, args.split_root, args.image_root)
-    print(format_baselines(args.dataset, text_blind_baselines(paths, args.dataset)))
+    results = text_blind_baselines(paths, args.dataset)
+    print(format_baselines(args.dataset, results))
+    if args.output:
+        from harness.records import baseline_records, write_json_atomic
+
+        for record in baseline_records(args.dataset, results, paths):
+            print(f"record written to {write_json_atomic(Path(args.output) / (record['run_id'] + '.json'), record)}")
 
 
 def _cmd_methods(args):
@@ -287,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--root", default=None, help="data root (default: the synthetic set, made once, cached)")
     base.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
     base.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
+    base.add_argument("--output", default=None, help="also write one record per rule here (the tables show them as "
+                                                     "the floor rows), e.g. results/runs")
     base.set_defaults(func=_cmd_data_baseline)
 
     run = sub.add_parser("run", help="train one method on one dataset, evaluate every split, write a run record")

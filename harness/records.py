@@ -147,3 +147,28 @@ def load_records(folder) -> list[dict]:
     if not folder.is_dir():
         raise HarnessError(f"no run records in {folder}: run `harness run ...` or ./run_all.sh first")
     return [read_record(p) for p in sorted(folder.glob("*.json"))]
+
+
+def baseline_records(dataset: str, results: dict, paths) -> list[dict]:
+    """One record (kind "baseline") per text-blind rule of `harness data baseline`: the floor rows of the tables."""
+    from datasets.baseline import RULES
+    from datasets.catalog import get_spec
+
+    synthetic = (paths.split_root.parent / "scenes.json").is_file()
+    label = get_spec(dataset).label
+    out = []
+    for rule in RULES:
+        out.append({
+            "schema": SCHEMA_VERSION, "kind": "baseline", "run_id": f"{dataset.replace('+', 'plus')}_textblind-{rule}",
+            "method": f"text-blind: {rule}", "method_config": {"rule": rule}, "dataset": dataset,
+            "dataset_label": f"synthetic ({label}-style)" if synthetic else label,
+            "data": "synthetic" if synthetic else "real", "data_desc": {"split_root": str(paths.split_root)},
+            "preset": "any", "recipe": {}, "weights": {}, "env": environment(), "params": {}, "flops": {},
+            "memory": {}, "time": {},
+            "results": {s: {"accuracy": r[rule], "miou": r["miou"][rule], "n": r["n"]} for s, r in results.items()},
+            "status": "ok", "error": None, "created_at": now(),
+            "config_hash": config_hash({"dataset": dataset, "rule": rule, "root": str(paths.split_root)}),
+            "what": "text-blind pick among the boxes the index refers to on the image (datasets/baseline.py); no "
+                    "model, no training: the floor a REC result must clear",
+        })
+    return out

@@ -42,10 +42,14 @@ def read_folder(folder) -> list[dict]:
     return [read_record(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
+FLOOR = "text-blind"  # rows of `harness data baseline` records: no model, the floor a method must clear
+
+
 def method_order(name: str):
-    """full, frozen, the other methods alphabetically, m2ist last; a variant follows its method."""
+    """full, frozen, the other methods alphabetically, m2ist, then the text-blind floor rows; a variant follows
+    its method."""
     base = name.split(" [")[0]
-    return ({"full": 0, "frozen": 1, "m2ist": 3}.get(base, 2), base, name)
+    return (4 if base.startswith(FLOOR) else {"full": 0, "frozen": 1, "m2ist": 3}.get(base, 2), base, name)
 
 
 def row_name(r: dict) -> str:
@@ -126,11 +130,13 @@ def provenance(title: str, records: list[dict], rules: list[str], command: str, 
 
 
 # ---- main table --------------------------------------------------------------------------------------
-def main_tables(runs: list[dict]) -> list[tuple[str, pd.DataFrame, list[dict]]]:
-    """(heading, table, records) per (data, preset); rows = methods, cells empty where no ok record exists."""
+def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str, pd.DataFrame, list[dict]]]:
+    """(heading, table, records) per (data, preset); rows = methods, then the text-blind floor rows of the same data
+    kind (they hold for every preset); cells empty where no ok record exists."""
     out = []
     for data, preset in sorted({(r["data"], r["preset"]) for r in runs}, key=lambda k: (k[0] != "real", k[1])):
-        group = _newest([r for r in runs if (r["data"], r["preset"]) == (data, preset)])
+        group = _newest([r for r in runs if (r["data"], r["preset"]) == (data, preset)]
+                        + [b for b in baselines if b["data"] == data])
         ok = {(row_name(r), r["dataset"]): r for r in group if r["status"] == "ok"}
         splits = [s for s in MAIN_SPLITS if s[:2] not in OPTIONAL or any(d == s[0] for _, d in ok)]
         rows = []
@@ -138,8 +144,8 @@ def main_tables(runs: list[dict]) -> list[tuple[str, pd.DataFrame, list[dict]]]:
             params = next((ok[(method, d)]["params"] for d, _, _ in splits if (method, d) in ok), None)
             mine = [ok[(method, d)] for d in dict.fromkeys(d for d, _, _ in splits) if (method, d) in ok]
             row = {"method": method,
-                   "tunable (M)": _fmt(params and params["encoder_side_trainable"] / 1e6),
-                   "tunable %": _fmt(params and params["percent_encoder_side"]),
+                   "tunable (M)": _fmt(params["encoder_side_trainable"] / 1e6 if params else None),
+                   "tunable %": _fmt(params["percent_encoder_side"] if params else None),
                    "encoder-side lr": _distinct(f"{r['recipe']['lr_encoder']:g}" for r in mine
                                                 if "lr_encoder" in r["recipe"]),
                    "epochs trained": _distinct(f"{r['train']['epoch']}/{r['recipe']['epochs']}" for r in mine
@@ -254,6 +260,12 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
                 if row["method"] in acc and row[col]:
                     points.append((row["method"], float(row[col]), acc[row["method"]], float(row["tunable (M)"])))
     if points:
+        floor = max((float(row[acc_col]) for _, row in table.iterrows()
+                     if row["method"].startswith(FLOOR) and row[acc_col]), default=None)
+        if floor is not None:
+            ax.axhline(floor, ls="--", color="grey", lw=1)
+            ax.annotate(f"text-blind floor {floor:.1f}", (0, floor), xycoords=("axes fraction", "data"),
+                        xytext=(4, 3), textcoords="offset points", fontsize=8, color="grey")
         biggest = max(p[3] for p in points) or 1.0
         for i, (method, x, y, tunable) in enumerate(sorted(points, key=lambda p: p[1])):
             size = 60 + 1500 * tunable / biggest  # marker area in points^2
@@ -300,6 +312,10 @@ def curves_plot(mains, path: Path) -> Path:
             if points:
                 ax.plot(*zip(*points), marker="o" if len(points) < 3 else None, label=row_name(r))
                 drawn = True
+        floors = [r["results"]["val"]["accuracy"] for r in recs
+                  if r["kind"] == "baseline" and r["dataset"] == "unc" and "val" in r["results"]]
+        if drawn and floors:
+            ax.axhline(100 * max(floors), ls="--", color="grey", lw=1, label="text-blind floor (best rule)")
         if drawn:
             loud = "SYNTHETIC DATA - " if recs[0]["data"] == "synthetic" else ""
             ax.set_title(f"{loud}{heading}: val Acc@0.5 per epoch ({_dataset_label('unc', recs[0]['data'])})",
@@ -326,12 +342,14 @@ def _markdown(table: pd.DataFrame) -> str:
 def build_tables(runs="results/runs", profiles="results/profile", out="results") -> list[Path]:
     if not Path(runs).is_dir():  # a typo must not replace the committed tables with empty ones
         raise HarnessError(f"run record folder {runs} does not exist: pass --runs with the folder of run records")
-    all_runs = [r for r in read_folder(runs) if r["kind"] == "run"]
+    records = read_folder(runs)
+    all_runs = [r for r in records if r["kind"] == "run"]
+    floors = [r for r in records if r["kind"] == "baseline"]
     all_profiles = [r for r in read_folder(profiles) if r["kind"] == "profile"]
     command = f"harness table --runs {runs} --profiles {profiles} --out {out}"
     out = Path(out)
 
-    mains = main_tables(all_runs)
+    mains = main_tables(all_runs, floors)
     used = [r for _, _, recs in mains for r in recs]
     text = provenance(
         "Main results: Acc@0.5 (%)", used, [COUNTING], command,

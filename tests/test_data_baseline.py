@@ -41,3 +41,28 @@ def test_cli_prints_the_table_and_missing_data_is_one_line(tmp_path, capsys):
     assert main(["data", "baseline", "--dataset", "unc", "--root", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_baseline_records_become_the_floor_rows_of_the_main_table(tmp_path, capsys):
+    """`--output` writes one record per rule; `harness table` shows them below the methods of the same data kind."""
+    import json
+
+    from harness.tables import main_tables, read_folder
+
+    val = [("a.jpg", 1, LARGE, "big one", []), ("a.jpg", 2, CENTRE, "middle one", []),
+           ("a.jpg", 3, CENTRE, "the small one in the middle", []), ("a.jpg", 4, CORNER, "corner one", [])]
+    make_unc(tmp_path / "d", val, [("b.jpg", 5, LARGE, "other image", [])])
+    out = tmp_path / "runs"
+    assert main(["data", "baseline", "--dataset", "unc", "--root", str(tmp_path / "d"), "--output", str(out)]) == 0
+    central = json.loads((out / "unc_textblind-central.json").read_text())
+    assert central["kind"] == "baseline" and central["data"] == "real"
+    assert central["results"]["val"]["accuracy"] == pytest.approx(2 / 4)
+    assert central["results"]["val"]["miou"] == pytest.approx((100 / 3600 + 1 + 1 + 0) / 4)  # CENTRE each time
+    run = dict(central, kind="run", run_id="unc_full_paper", method="full", preset="paper",
+               params={"encoder_side_trainable": 1, "trainable": 2, "total": 3, "percent_encoder_side": 33.3})
+    (out / "unc_full_paper.json").write_text(json.dumps(run))
+    records = read_folder(out)
+    ((_, table, _),) = main_tables([r for r in records if r["kind"] == "run"],
+                                   [r for r in records if r["kind"] == "baseline"])
+    assert list(table["method"]) == ["full", "text-blind: central", "text-blind: largest", "text-blind: random"]
+    assert table.set_index("method").loc["text-blind: largest", "RefCOCO val"] == "25.00"
