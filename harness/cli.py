@@ -5,9 +5,7 @@ Errors that are the user's to fix (HarnessError, DataError) end in one line on s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from datasets.errors import DataError
@@ -190,52 +188,22 @@ def _cmd_pretrain(args):
 
 
 def _cmd_suite(args):
-    import time
-
-    from harness import executor
-    from harness.records import write_json_atomic
-    from harness.suites import expand, load_suite, suite_names
+    from harness.executor import run_suite
+    from harness.suites import load_suite, suite_names
 
     if args.list or not args.name:
         for name in suite_names():
             print(f"{name:<12} {' '.join(str(load_suite(name).get('description', '')).split())}")
         return
-    suite = load_suite(args.name)
     variables = {}
     for item in args.var:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise HarnessError(f"--var {item!r}: expected KEY=VALUE")
         variables[key] = value
-    jobs = expand(suite, variables)
-    if args.force:  # redo what is up to date: no skipping, and finished checkpoints are discarded, saying so
-        jobs = [replace(j, argv=tuple(a for a in j.argv if a != "--skip-done") + (("--restart",) if j.argv[0] == "run"
-                                                                                 else ())) for j in jobs]
-    if args.dry_run:
-        for job in jobs:
-            print(("-- barrier -- " if job.barrier else "") + "harness " + " ".join(job.argv))
-        return
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
-    workers = args.workers or (len(gpus) if gpus else 2)
-    threads = args.threads or max(1, (os.cpu_count() or 2) // workers)
-    if workers < 1 or threads < 1:
-        raise HarnessError(f"--workers and --threads must be >= 1 (got {workers}, {threads})")
-    name = Path(suite["path"]).stem
-    logs = Path(args.logs or f"runs/suite-logs/{name}")
-    print(f"suite {name}: {len(jobs)} jobs, {workers} at a time, {threads} torch thread(s) each"
-          + (f", GPUs {','.join(gpus)}" if gpus else "") + f"; logs in {logs}/")
-    start = time.perf_counter()
-    outcomes = executor.execute(jobs, logs, workers=workers, threads=threads, gpus=gpus)
-    wall = time.perf_counter() - start
-    record = executor.suite_record(name, suite["path"], outcomes, wall, workers, threads, gpus)
-    path = write_json_atomic(args.record or f"results/suites/{name}.json", record)
-    print(executor.summary(name, outcomes, wall) + f"\nsuite record: {path}")
-    if record["failed"]:
-        raise SuiteFailed(f"{len(record['failed'])} of {len(jobs)} jobs failed (listed above)")
-
-
-class SuiteFailed(HarnessError):
-    pass
+    run_suite(args.name, variables, workers=args.workers, threads=args.threads, gpus=gpus, force=args.force,
+              dry_run=args.dry_run, logs=args.logs, record=args.record)
 
 
 def _cmd_table(args):

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from harness.suites import Job
@@ -124,3 +124,39 @@ def suite_record(name: str, path: str, outcomes: list[Outcome], wall_s: float, w
             "skipped": [o.job for o in outcomes if o.status == "skipped"],
             "failed": [o.job for o in outcomes if o.status == "failed"],
             "jobs": [asdict(o) for o in outcomes]}
+
+
+def run_suite(name: str, variables: dict | None = None, workers: int | None = None, threads: int | None = None,
+              gpus: list[str] | None = None, force: bool = False, dry_run: bool = False, logs=None, record=None,
+              log=print) -> dict | None:
+    """`harness suite NAME`: expand, execute, summarise, write the suite record; HarnessError if a job failed."""
+    from harness.errors import HarnessError
+    from harness.records import write_json_atomic
+    from harness.suites import expand, load_suite
+
+    suite = load_suite(name)
+    jobs = expand(suite, variables)
+    if force:  # redo what is up to date: no skipping, and finished checkpoints are discarded, saying so
+        jobs = [replace(j, argv=tuple(a for a in j.argv if a != "--skip-done")
+                        + (("--restart",) if j.argv[0] == "run" else ())) for j in jobs]
+    if dry_run:
+        for job in jobs:
+            log(("-- barrier -- " if job.barrier else "") + "harness " + " ".join(job.argv))
+        return None
+    workers = workers or (len(gpus) if gpus else 2)
+    threads = threads or max(1, (os.cpu_count() or 2) // workers)
+    if workers < 1 or threads < 1:
+        raise HarnessError(f"--workers and --threads must be >= 1 (got {workers}, {threads})")
+    name = Path(suite["path"]).stem
+    logs = Path(logs or f"runs/suite-logs/{name}")
+    log(f"suite {name}: {len(jobs)} jobs, {workers} at a time, {threads} torch thread(s) each"
+        + (f", GPUs {','.join(gpus)}" if gpus else "") + f"; logs in {logs}/")
+    start = time.perf_counter()
+    outcomes = execute(jobs, logs, workers=workers, threads=threads, gpus=gpus, log=log)
+    wall = time.perf_counter() - start
+    result = suite_record(name, suite["path"], outcomes, wall, workers, threads, gpus)
+    path = write_json_atomic(record or f"results/suites/{name}.json", result)
+    log(summary(name, outcomes, wall) + f"\nsuite record: {path}")
+    if result["failed"]:
+        raise HarnessError(f"{len(result['failed'])} of {len(jobs)} jobs failed (listed above)")
+    return result
