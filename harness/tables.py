@@ -147,7 +147,8 @@ def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str,
                    "tunable (M)": _fmt(params["encoder_side_trainable"] / 1e6 if params else None),
                    "tunable %": _fmt(params["percent_encoder_side"] if params else None),
                    "encoder-side lr": _distinct(f"{r['recipe']['lr_encoder']:g}" for r in mine
-                                                if "lr_encoder" in r["recipe"]),
+                                                if "lr_encoder" in r["recipe"] and r["params"].get(
+                                                    "encoder_side_trainable")) or ("-" if params else ""),
                    "epochs trained": _distinct(f"{r['train']['epoch']}/{r['recipe']['epochs']}" for r in mine
                                                if "train" in r and "epochs" in r["recipe"])}
             for dataset, split, label in splits:
