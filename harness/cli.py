@@ -35,6 +35,8 @@ def _cmd_data_check(args):
 
 
 def _cmd_data_baseline(args):
+    import json
+
     from datasets.baseline import format_baselines, text_blind_baselines
     from datasets.catalog import resolve_paths
 
@@ -48,8 +50,17 @@ def _cmd_data_baseline(args):
     if args.output:
         from harness.records import baseline_records, write_json_atomic
 
+        from harness.records import read_record
+
         for record in baseline_records(args.dataset, results, paths):
-            print(f"record written to {write_json_atomic(Path(args.output) / (record['run_id'] + '.json'), record)}")
+            path = Path(args.output) / f"{record['run_id']}.json"
+            try:
+                same = path.is_file() and {k: read_record(path)[k] for k in ("config_hash", "results")} == \
+                    {k: json.loads(json.dumps(record[k])) for k in ("config_hash", "results")}
+            except HarnessError:
+                same = False
+            print(f"{record['run_id']}: up to date ({path}), skipped" if same else
+                  f"record written to {write_json_atomic(path, record)}")
 
 
 def _cmd_methods(args):
@@ -177,7 +188,8 @@ def _cmd_profile(args):
     record = profile(args.method, preset=args.preset, batch_size=args.batch_size, device=args.device, amp=args.amp,
                      dataset=args.dataset, train_size=args.train_size, data_root=args.data_root, steps=args.steps,
                      warmup=args.warmup, output=args.output, runtime=args.runtime, frozen_chunk=args.frozen_chunk,
-                     flops=not args.no_flops, method_overrides=method, recipe_overrides=recipe, tag=tag)
+                     flops=not args.no_flops, method_overrides=method, recipe_overrides=recipe, tag=tag,
+                     skip_done=args.skip_done)
     print(json.dumps(record, indent=2, sort_keys=True, default=str) if args.json else summary(record))
 
 
@@ -333,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "released (the released TransVG/M2IST code's attention and settings, as the paper measured)")
     _add_set(prof)
     prof.add_argument("--tag", default=None, help="suffix for the profile record's name")
+    prof.add_argument("--skip-done", action="store_true",
+                      help="do nothing if the profile record exists, is ok and has the same configuration")
     prof.add_argument("--frozen-chunk", type=int, default=None,
                       help="run frozen (no-autograd) encoders in chunks of this many samples")
     prof.add_argument("--no-flops", action="store_true", help="skip the FLOP counts (quick memory/time sweeps)")

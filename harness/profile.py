@@ -152,7 +152,8 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
             amp: bool = False, dataset: str = "unc", train_size: int | None = None, data_root=None,
             steps: int = 20, warmup: int = 5, output="results/profile", seed: int = 13, write: bool = True,
             runtime: str | None = None, frozen_chunk: int | None = None, flops: bool = True,
-            method_overrides: dict | None = None, recipe_overrides: dict | None = None, tag: str | None = None) -> dict:
+            method_overrides: dict | None = None, recipe_overrides: dict | None = None, tag: str | None = None,
+            skip_done: bool = False) -> dict:
     from datasets.catalog import get_spec
     from harness.flops import forward_flops, synthetic_batch, train_step_flops
     from harness.model import build_model, count_parameters
@@ -173,6 +174,21 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
         raise HarnessError("--amp uses bf16 autocast, which this GPU does not support: drop --amp")
     bs, precision = recipe.batch_size, precision_name(recipe.amp)
     size, size_source = train_size_for(dataset, train_size, data_root)
+    name = record_name(method, preset, dev.type, precision, bs, recipe.runtime) + (f"_{tag}" if tag else "")
+    identity = {"kind": "profile", "method": method, "method_config": asdict(meth.config), "preset": preset,
+                "dataset": dataset, "device": dev.type, "precision": precision, "batch_size": bs,
+                "runtime": recipe.runtime, "frozen_chunk": recipe.frozen_chunk, "recipe": asdict(recipe),
+                "steps": steps, "warmup": warmup, "seed": seed, "flops": flops, "train_size": size}
+    done = Path(output) / f"{name}.json"
+    if skip_done and write and done.is_file():
+        try:
+            previous = records.read_record(done)
+        except HarnessError:
+            previous = None  # unreadable: measure again
+        if previous and previous["status"] == "ok" and previous["config_hash"] == records.config_hash(identity):
+            print(f"{name}: up to date ({done}), skipped")
+            previous["path"] = str(done)
+            return previous
 
     seed_everything(seed)
     model = build_model(preset, max_query_len=spec.max_query_len)  # BERT vocabulary (30,522) by default
@@ -231,13 +247,6 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
     env["torch_threads"] = torch.get_num_threads()
-    name = record_name(method, preset, dev.type, precision, bs, recipe.runtime)
-    if tag:
-        name = f"{name}_{tag}"
-    identity = {"kind": "profile", "method": method, "method_config": asdict(meth.config), "preset": preset,
-                "dataset": dataset, "device": dev.type, "precision": precision, "batch_size": bs,
-                "runtime": recipe.runtime, "frozen_chunk": recipe.frozen_chunk, "recipe": asdict(recipe),
-                "steps": steps, "warmup": warmup, "seed": seed}
     record = {
         "schema": records.SCHEMA_VERSION, "kind": "profile", "run_id": name, "method": method,
         "method_config": asdict(meth.config), "dataset": dataset,

@@ -227,3 +227,12 @@ def test_released_runtime_saves_more_for_backward(method, tmp_path):
     assert recs["released"]["run_id"].endswith("_released") and recs["released"]["runtime"] == "released"
     assert recs["released"]["recipe"]["runtime"] == "released"
     assert recs["released"]["config_hash"] != recs["optimized"]["config_hash"]
+
+
+def test_profile_skip_done_keeps_a_matching_record(tmp_path, capsys):
+    kw = dict(preset="tiny", batch_size=2, device="cpu", steps=1, warmup=0, flops=False, output=tmp_path)
+    first = profile("frozen", **kw)
+    again = profile("frozen", skip_done=True, **kw)
+    assert again["created_at"] == first["created_at"] and "up to date" in capsys.readouterr().out
+    other = profile("frozen", skip_done=True, **{**kw, "steps": 2})  # another configuration: measured anew
+    assert other["created_at"] != first["created_at"] and other["time"]["timed_steps"] == 2
