@@ -235,4 +235,5 @@ def test_profile_skip_done_keeps_a_matching_record(tmp_path, capsys):
     again = profile("frozen", skip_done=True, **kw)
     assert again["created_at"] == first["created_at"] and "up to date" in capsys.readouterr().out
     other = profile("frozen", skip_done=True, **{**kw, "steps": 2})  # another configuration: measured anew
-    assert other["created_at"] != first["created_at"] and other["time"]["timed_steps"] == 2
+    assert other["config_hash"] != first["config_hash"] and other["time"]["timed_steps"] == 2
+    assert "up to date" not in capsys.readouterr().out
