@@ -123,7 +123,9 @@ def _overrides(args):
     recipe = {**(config.get("recipe") or {}), **set_recipe}
     if args.tag is not None and (not args.tag or not all(c.isalnum() or c in "-_.+=" for c in args.tag)):
         raise HarnessError(f"--tag {args.tag!r}: use letters, digits and - _ . + = only (it becomes part of file names)")
-    tag = "_".join(t for t in (args.tag, overrides_tag(set_method, set_recipe)) if t) or None
+    # a seed other than the recipe's is part of the run id, so that the seeds of one configuration sit side by side
+    seed = f"seed{args.seed}" if getattr(args, "seed", None) is not None and args.seed != Recipe.seed else None
+    tag = "_".join(t for t in (args.tag, overrides_tag(set_method, set_recipe), seed) if t) or None
     return config, method, recipe, {"method": set_method, "recipe": set_recipe}, tag
 
 
@@ -214,8 +216,12 @@ def _cmd_suite(args):
             raise HarnessError(f"--var {item!r}: expected KEY=VALUE")
         variables[key] = value
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
+    except ValueError:
+        raise HarnessError(f"--seeds {args.seeds!r}: expected integers separated by commas, e.g. 13,14,15") from None
     run_suite(args.name, variables, workers=args.workers, threads=args.threads, gpus=gpus, force=args.force,
-              dry_run=args.dry_run, logs=args.logs, record=args.record)
+              dry_run=args.dry_run, logs=args.logs, record=args.record, seeds=seeds)
 
 
 def _cmd_table(args):
@@ -385,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "not depend on what runs beside it")
     suite.add_argument("--gpus", default=None, help="comma-separated GPU indices: one job per GPU")
     suite.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="fill {KEY} in the suite")
+    suite.add_argument("--seeds", default=None, help="comma-separated seeds: every run job once per seed (tables show "
+                                                     "mean +- std and n over them)")
     suite.add_argument("--force", action="store_true", help="redo runs whose record is up to date")
     suite.add_argument("--dry-run", action="store_true", help="print the jobs and stop")
     suite.add_argument("--logs", default=None, help="folder for the jobs' logs (default runs/suite-logs/NAME)")

@@ -128,14 +128,14 @@ def suite_record(name: str, path: str, outcomes: list[Outcome], wall_s: float, w
 
 def run_suite(name: str, variables: dict | None = None, workers: int | None = None, threads: int | None = None,
               gpus: list[str] | None = None, force: bool = False, dry_run: bool = False, logs=None, record=None,
-              log=print) -> dict | None:
+              seeds: list[int] | None = None, log=print) -> dict | None:
     """`harness suite NAME`: expand, execute, summarise, write the suite record; HarnessError if a job failed."""
     from harness.errors import HarnessError
     from harness.records import write_json_atomic
     from harness.suites import expand, load_suite
 
     suite = load_suite(name)
-    jobs = expand(suite, variables)
+    jobs = expand(suite, variables, seeds=seeds)
     if force:  # redo what is up to date: no skipping, and finished checkpoints are discarded, saying so
         jobs = [replace(j, argv=tuple(a for a in j.argv if a != "--skip-done")
                         + (("--restart",) if j.argv[0] == "run" else ())) for j in jobs]

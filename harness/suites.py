@@ -71,8 +71,10 @@ def _flag(key: str, value) -> list[str]:
     return [flag, str(value)]
 
 
-def expand(suite: dict, variables: dict | None = None, methods: list[str] | None = None) -> list[Job]:
-    """The suite's jobs with lists and `all` expanded and `{var}` filled in, in file order."""
+def expand(suite: dict, variables: dict | None = None, methods: list[str] | None = None,
+           seeds: list[int] | None = None) -> list[Job]:
+    """The suite's jobs with lists and `all` expanded and `{var}` filled in, in file order; with `seeds`, every run
+    job once per seed."""
     from methods import method_names
 
     variables = {**(suite.get("vars") or {}), **(variables or {})}
@@ -100,6 +102,9 @@ def expand(suite: dict, variables: dict | None = None, methods: list[str] | None
                 value = all_methods
             axes.append([(key, v) for v in (value if isinstance(value, list) else [value])] if value is not None
                         else [None])
+        if seeds and command == "run":
+            flags.pop("seed", None)
+            axes.append([("seed", v) for v in seeds])
         subcommand = flags.pop("subcommand", None)  # `data` jobs: data synth / data prepare ...
         for combo in itertools.product(*axes):
             picked = dict(c for c in combo if c)

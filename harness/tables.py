@@ -12,6 +12,8 @@ Every file starts with its provenance, built from the records it used.
 """
 from __future__ import annotations
 
+import re
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -52,11 +54,33 @@ def method_order(name: str):
     return (4 if base.startswith(FLOOR) else {"full": 0, "frozen": 1, "m2ist": 3}.get(base, 2), base, name)
 
 
+SEED_TAG = re.compile(r"^seed\d+$")
+
+
 def row_name(r: dict) -> str:
-    """The method, plus the run's tag when it has one (`harness run --tag`: variants such as M2IST's forms)."""
+    """The method, plus the run's tag when it has one (`harness run --tag`: variants such as M2IST's forms), without
+    the seed: the runs of one configuration with different seeds share a row."""
     prefix = "_".join((r["dataset"].replace("+", "plus"), r["method"], r["preset"]))
     tag = r["run_id"][len(prefix):].strip("_") if r["run_id"].startswith(prefix) else ""
+    tag = "_".join(t for t in tag.split("_") if t and not SEED_TAG.match(t))
     return f"{r['method']} [{tag}]" if tag and r["kind"] == "run" else r["method"]
+
+
+def _seed(r: dict):
+    return r["recipe"].get("seed") if r["kind"] == "run" else None
+
+
+def _cell(values: list[float]) -> str:
+    """One value, or mean +- sample std (n) over seeds."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+def cell_mean(cell: str) -> float:
+    return float(cell.split(" ")[0])
 
 
 def _precision(r: dict) -> str:
@@ -78,10 +102,10 @@ def _runtime(r: dict) -> str:
 
 
 def _newest(records: list[dict]) -> list[dict]:
-    """One record per key (method or variant, dataset, source kind): the newest."""
+    """One record per key (method or variant, dataset, source kind, seed): the newest."""
     best = {}
     for r in sorted(records, key=lambda r: r["created_at"]):
-        best[(row_name(r), r["dataset"], r["kind"])] = r
+        best[(row_name(r), r["dataset"], r["kind"], _seed(r))] = r
     return list(best.values())
 
 
@@ -137,7 +161,11 @@ def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str,
     for data, preset in sorted({(r["data"], r["preset"]) for r in runs}, key=lambda k: (k[0] != "real", k[1])):
         group = _newest([r for r in runs if (r["data"], r["preset"]) == (data, preset)]
                         + [b for b in baselines if b["data"] == data])
-        ok = {(row_name(r), r["dataset"]): r for r in group if r["status"] == "ok"}
+        by_seed = {}  # (row, dataset) -> the ok records of its seeds
+        for r in sorted(group, key=lambda r: str(_seed(r))):
+            if r["status"] == "ok":
+                by_seed.setdefault((row_name(r), r["dataset"]), []).append(r)
+        ok = {key: recs[0] for key, recs in by_seed.items()}
         splits = [s for s in MAIN_SPLITS if s[:2] not in OPTIONAL or any(d == s[0] for _, d in ok)]
         rows = []
         for method in sorted({row_name(r) for r in group}, key=method_order):
@@ -152,8 +180,9 @@ def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str,
                    "epochs trained": _distinct(f"{r['train']['epoch']}/{r['recipe']['epochs']}" for r in mine
                                                if "train" in r and "epochs" in r["recipe"])}
             for dataset, split, label in splits:
-                res = ok.get((method, dataset), {}).get("results", {}).get(split)
-                row[f"{_dataset_label(dataset, data)} {label}"] = _fmt(res and 100 * res["accuracy"])
+                values = [100 * r["results"][split]["accuracy"] for r in by_seed.get((method, dataset), [])
+                          if split in r["results"]]
+                row[f"{_dataset_label(dataset, data)} {label}"] = _cell(values)
             rows.append(row)
         heading = f"{'Synthetic data' if data == 'synthetic' else 'Real data'}, preset {preset}"
         out.append((heading, pd.DataFrame(rows), group))
@@ -248,7 +277,7 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
             break
     if acc_section:
         heading, table, recs, acc_col = acc_section
-        acc = {row["method"]: float(row[acc_col]) for _, row in table.iterrows() if row[acc_col]}
+        acc = {row["method"]: cell_mean(row[acc_col]) for _, row in table.iterrows() if row[acc_col]}
         # memory group: most methods in common with the accuracies; then same preset, then a GPU group
         candidates = [(sum(1 for m, mem in zip(t["method"], t["peak memory (GiB)"]) if m in acc and mem),
                        e_recs[0]["preset"] == recs[0]["preset"], e_recs[0]["memory"].get("device") == "cuda", i)
@@ -261,7 +290,7 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
                 if row["method"] in acc and row[col]:
                     points.append((row["method"], float(row[col]), acc[row["method"]], float(row["tunable (M)"])))
     if points:
-        floor = max((float(row[acc_col]) for _, row in table.iterrows()
+        floor = max((cell_mean(row[acc_col]) for _, row in table.iterrows()
                      if row["method"].startswith(FLOOR) and row[acc_col]), default=None)
         if floor is not None:
             ax.axhline(floor, ls="--", color="grey", lw=1)
@@ -305,8 +334,10 @@ def curves_plot(mains, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
     drawn = False
     for heading, _, recs in mains:
-        runs = sorted((r for r in recs if r["status"] == "ok" and r["dataset"] == "unc"),
-                      key=lambda r: method_order(row_name(r)))
+        first_seed = {}  # one line per row: its lowest seed
+        for r in sorted((r for r in recs if r["status"] == "ok" and r["dataset"] == "unc"), key=lambda r: str(_seed(r))):
+            first_seed.setdefault(row_name(r), r)
+        runs = [first_seed[name] for name in sorted(first_seed, key=method_order)]
         for r in runs:
             history = (r.get("train") or {}).get("history") or []
             points = [(h["epoch"], 100 * h["val_accuracy"]) for h in history if "val_accuracy" in h]

@@ -84,3 +84,13 @@ def test_run_with_set_records_the_override_and_tags_the_run_id(tmp_path, monkeyp
     assert main(args + ["--set", "lr=fast"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: recipe option lr must be float") and err.count("\n") == 1
+
+
+def test_a_seed_other_than_the_recipe_s_is_part_of_the_run_id():
+    import argparse
+
+    from harness.cli import _overrides
+
+    def tag(seed):
+        return _overrides(argparse.Namespace(method="m2ist", set=[], tag=None, config=None, seed=seed))[4]
+    assert tag(None) is None and tag(13) is None and tag(14) == "seed14"

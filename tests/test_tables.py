@@ -184,3 +184,15 @@ def test_cli_table(folders, capsys):
     assert main(["table", "--runs", str(runs), "--profiles", str(profiles), "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"main.md", "efficiency.md", "tradeoff.png", "curves.png"}
     assert "wrote" in capsys.readouterr().out
+
+
+def test_seeds_of_one_configuration_share_a_row_with_mean_std_and_n(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, acc in ((13, 0.50), (14, 0.60), (15, 0.70)):
+        r = make_record("m2ist", acc=acc, tag=None if seed == 13 else f"seed{seed}")
+        r["recipe"]["seed"] = seed
+        (runs / f"{r['run_id']}.json").write_text(json.dumps(r))
+    ((_, table, _),) = main_tables(read_folder(runs))
+    assert list(table["method"]) == ["m2ist"]
+    assert table.set_index("method").loc["m2ist", "synthetic (RefCOCO-style) val"] == "60.00 ± 10.00 (n=3)"
