@@ -35,7 +35,7 @@ from harness.errors import HarnessError
 from harness.evaluate import evaluate
 from harness.flops import forward_flops, train_step_flops
 from harness.losses import rec_loss
-from harness.model import build_model, count_parameters
+from harness.model import build_model, count_parameters, get_config
 from harness.model.weights import (state_dict_of, load_language_weights, load_vision_weights,
                                    load_whole_model_state, read_checkpoint)
 from harness.pretrain import PretrainConfig, ensure_pretrained, weights_source
@@ -252,6 +252,17 @@ def run(cfg: RunConfig) -> dict:
             return previous
 
     with RunLock(run_dir, rank):  # held until the record is written
+        image_size = get_config(cfg.preset).image_size  # the data is checked before the model is built
+        train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, image_size, train=True,
+                               augment=recipe.augment, max_query_len=spec.max_query_len)
+        eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, image_size, train=False,
+                                   max_query_len=spec.max_query_len) for s in spec.eval_splits}
+        if rank == 0:
+            check_before_training(train_set, eval_sets, [Path(cfg.output), run_dir])
+        if len(train_set) < recipe.batch_size * world:
+            raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} has {len(train_set)} "
+                               f"samples, fewer than one batch of {recipe.batch_size * world} (the last partial batch "
+                               "is dropped, as TransVG): lower --batch-size")
         seed_everything(recipe.seed)
         model = build_model(cfg.preset, max_query_len=spec.max_query_len,
                             vocab_size=vocab_size_for(cfg.preset, tokenizer))
@@ -275,16 +286,6 @@ def run(cfg: RunConfig) -> dict:
         if rank == 0:
             flops["train_step"] = train_step_flops(model, recipe.batch_size, amp=recipe.amp)
 
-        train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, model.config.image_size, train=True,
-                               augment=recipe.augment, max_query_len=spec.max_query_len)
-        eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, model.config.image_size, train=False,
-                                   max_query_len=spec.max_query_len) for s in spec.eval_splits}
-        if rank == 0:
-            check_before_training(train_set, eval_sets, [Path(cfg.output), run_dir])
-        if len(train_set) < recipe.batch_size * world:
-            raise HarnessError(f"the train split of {cfg.dataset} under {paths.split_root} has {len(train_set)} "
-                               f"samples, fewer than one batch of {recipe.batch_size * world} (the last partial batch "
-                               "is dropped, as TransVG): lower --batch-size")
 
         optimizer = build_optimizer(method, model, recipe)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, recipe.lr_drop, gamma=0.1)
