@@ -24,8 +24,8 @@ ReferItGame is not built from REFER's refclef: TransVG's referit index comes fro
 (referit_query_{train,val,test}.json + referit_bbox.json: int xyxy boxes from the masks, raw queries;
 onestage_grounding f75e50a L311-347), while refclef's boxes come from its instances.json and its sentences are
 REFER's processed `sent`. refclef(berkeley) misses the same 3 images as TransVG's referit (REFER README), but that
-its boxes and sentences equal TransVG's could not be checked, so `--dataset referit` is refused rather than
-approximated.
+its boxes and sentences equal TransVG's could not be checked, so REFER's refclef is refused rather than
+approximated; `--from berkeley` reads the Berkeley files themselves.
 
 Everything is written into a temporary folder beside the output and renamed into place at the end.
 """
@@ -47,7 +47,7 @@ REFER_SOURCES = {"unc": ("refcoco", "unc"), "unc+": ("refcoco+", "unc"), "gref":
 MDETR_SOURCES = {"unc": "refcoco", "unc+": "refcoco+", "gref_umd": "refcocog"}
 REFERIT_REFUSAL = ("TransVG's referit index comes from the Berkeley ReferItGame split files (referit_query_*.json, "
                    "referit_bbox.json), not from REFER's refclef, whose boxes and sentences could not be checked to "
-                   "match it; see datasets/prepare.py")
+                   "match it: use --from berkeley --berkeley-root DIR")
 
 
 class _RefsUnpickler(pickle.Unpickler):
@@ -183,6 +183,39 @@ def from_mdetr(mdetr_root, name: str, log=print) -> dict:
     return _ref_records(by_split, boxes, f"MDETR {dataset}")
 
 
+# TransVG's referit builder (onestage_grounding f75e50a, L311-347) skips these three images
+REFERIT_SKIPPED = ("19579.jpg", "17975.jpg", "19575.jpg")
+REFERIT_SPLITS = ("train", "val", "trainval", "test")
+
+
+def from_berkeley(root, name: str, log=print) -> dict:
+    """ReferItGame from the Berkeley split files TransVG's referit index was built from (DMS's
+    referit_splits.tar.bz2 = ronghanghu/text_objseg exp-referit/data): referit_query_<split>.json
+    {"<image>_<k>": [queries]} and referit_bbox.json {"<image>_<k>": [x1, y1, x2, y2]} (int, inclusive max).
+    Records (as the builder): (<image>.jpg, "<image>_<k>.pth", xyxy box, query, ""), in the query file's order,
+    the three images the builder skips left out; referit keeps its own trainval file."""
+    if name != "referit":
+        raise DataError(f"--from berkeley builds referit only (the Berkeley ReferItGame split files), not {name!r}")
+    root = Path(root)
+    boxes = load_json(root / "referit_bbox.json", "ReferItGame box file")
+    out = {}
+    for split in REFERIT_SPLITS:
+        path = root / f"referit_query_{split}.json"
+        queries = load_json(path, "ReferItGame query file")
+        if not isinstance(queries, dict) or not isinstance(boxes, dict):
+            raise DataError(f"{path} and referit_bbox.json must map '<image>_<k>' to queries / a box")
+        rows = []
+        for key, texts in queries.items():
+            image = key.split("_", 1)[0] + ".jpg"
+            if image in REFERIT_SKIPPED:
+                continue
+            if key not in boxes:
+                raise DataError(f"{path}: {key} has no box in referit_bbox.json; the files do not belong together")
+            rows += [(image, f"{key}.pth", list(boxes[key]), text, "") for text in texts]
+        out[split] = rows
+    return out
+
+
 def write_index(records: dict, out, name: str, force: bool = False) -> Path:
     """DATA/data/<name>/<name>_<split>.pth for every split, written into a temporary folder and renamed into place."""
     target = Path(out) / "data" / name
@@ -201,11 +234,11 @@ def missing_images(records: dict, image_dir: Path) -> int:
 
 
 def prepare(source: str, root, name: str, out, images=None, force: bool = False, log=print) -> dict:
-    """Build and write the index; returns {split: records written}. `images`: the folder of the COCO train2014
-    images (default: OUT/ln_data/<the dataset's image folder>); where it exists, missing files are counted."""
-    build = {"refer": from_refer, "mdetr": from_mdetr}.get(source)
+    """Build and write the index; returns {split: records written}. `images`: the folder of the dataset's images
+    (default: OUT/ln_data/<the dataset's image folder>); where it exists, missing files are counted."""
+    build = {"refer": from_refer, "mdetr": from_mdetr, "berkeley": from_berkeley}.get(source)
     if build is None:
-        raise DataError(f"unknown annotation source {source!r}: use refer or mdetr")
+        raise DataError(f"unknown annotation source {source!r}: use refer, mdetr or berkeley")
     get_spec(name)
     if root is None or not Path(root).is_dir():
         raise DataError(f"--{source}-root {root} is not a folder")
@@ -217,6 +250,6 @@ def prepare(source: str, root, name: str, out, images=None, force: bool = False,
         if missing:
             log(f"warning: {missing} of the images the index refers to are not in {image_dir}")
     else:
-        log(f"note: no image folder {image_dir} yet; put the COCO train2014 images there (README, 'Real data')")
+        log(f"note: no image folder {image_dir} yet; put the dataset's images there (README, 'Real data')")
     log(f"wrote {target}: " + ", ".join(f"{s} {len(r):,}" for s, r in records.items()) + " expressions")
     return {s: len(r) for s, r in records.items()}

@@ -21,7 +21,7 @@ def _cmd_data_synth(args):
 def _cmd_data_prepare(args):
     from datasets.prepare import prepare
 
-    root = {"refer": args.refer_root, "mdetr": args.mdetr_root}[args.source]
+    root = {"refer": args.refer_root, "mdetr": args.mdetr_root, "berkeley": args.berkeley_root}[args.source]
     if root is None:
         raise HarnessError(f"--from {args.source} needs --{args.source}-root DIR")
     prepare(args.source, root, args.dataset, args.out, images=args.images, force=args.force)
@@ -256,14 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_cmd_data_synth)
     prep = data_sub.add_parser("prepare", help="build the TransVG index of a dataset from REFER's or MDETR's raw "
                                "annotations (README, 'Real data')")
-    prep.add_argument("--from", dest="source", required=True, choices=["refer", "mdetr"])
+    prep.add_argument("--from", dest="source", required=True, choices=["refer", "mdetr", "berkeley"])
     prep.add_argument("--refer-root", default=None, help="REFER's data folder: <dataset>/refs(<split_by>).p and "
                                                          "<dataset>/instances.json")
     prep.add_argument("--mdetr-root", default=None, help="folder of MDETR's finetune_<dataset>_<split>.json files")
-    prep.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd")
+    prep.add_argument("--berkeley-root", default=None, help="folder of the Berkeley ReferItGame split files: "
+                                                            "referit_query_{train,val,trainval,test}.json, referit_bbox.json")
+    prep.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd (refer, mdetr); referit (berkeley)")
     prep.add_argument("--out", required=True, help="data root: the index goes to OUT/data/<name>/")
-    prep.add_argument("--images", default=None, help="COCO train2014 image folder to check against (default: "
-                                                     "OUT/ln_data/other/images/mscoco/images/train2014)")
+    prep.add_argument("--images", default=None, help="image folder to check against (default: OUT/ln_data/ + the "
+                                                     "dataset's folder, e.g. other/images/mscoco/images/train2014)")
     prep.add_argument("--force", action="store_true", help="replace an existing OUT/data/<name>/")
     prep.set_defaults(func=_cmd_data_prepare)
     check = data_sub.add_parser("check", help="count and validate every record of a dataset; a data card with the "

@@ -244,3 +244,38 @@ def test_missing_images_are_a_warning_with_the_count(tmp_path, capsys):
         prepare("refer", tmp_path / "refer", "unc", data, log=messages.append)
     prepare("refer", tmp_path / "refer", "unc", data, force=True, log=messages.append)
     assert sorted(p.name for p in (data / "data").iterdir()) == ["unc"]
+
+
+def test_referit_from_the_berkeley_split_files(tmp_path, capsys):
+    """TransVG's referit builder: query-file order, '<image>_<k>.pth', int xyxy boxes, the 3 skipped images,
+    its own trainval file; REFER's refclef is refused and points here."""
+    src = tmp_path / "berkeley"
+    src.mkdir()
+    queries = {"train": {"30993_2": ["tallest bldng", "tall building"], "19579_1": ["skipped image"],
+                         "8_1": ["sky"]},
+               "val": {"12_3": ["left tree"]}, "test": {"40_1": ["water"], "40_2": ["boat on the right"]}}
+    queries["trainval"] = {**queries["train"], **queries["val"]}
+    boxes = {"30993_2": [106, 84, 168, 175], "19579_1": [0, 0, 5, 5], "8_1": [0, 0, 49, 20], "12_3": [3, 4, 20, 30],
+             "40_1": [0, 30, 49, 49], "40_2": [30, 10, 45, 25]}
+    for split, q in queries.items():
+        (src / f"referit_query_{split}.json").write_text(json.dumps(q))
+    (src / "referit_bbox.json").write_text(json.dumps(boxes))
+    data = tmp_path / "data"
+    images = data / "ln_data" / "referit" / "images"
+    images.mkdir(parents=True)
+    for name in ("30993", "8", "12", "40"):
+        Image.new("RGB", (200, 200) if name == "30993" else (50, 50)).save(images / f"{name}.jpg")
+    assert main(["data", "prepare", "--from", "berkeley", "--berkeley-root", str(src), "--dataset", "referit",
+                 "--out", str(data)]) == 0
+    assert "warning" not in capsys.readouterr().out
+    train = torch.load(data / "data" / "referit" / "referit_train.pth", weights_only=True)
+    assert train == [("30993.jpg", "30993_2.pth", [106, 84, 168, 175], "tallest bldng", ""),
+                     ("30993.jpg", "30993_2.pth", [106, 84, 168, 175], "tall building", ""),
+                     ("8.jpg", "8_1.pth", [0, 0, 49, 20], "sky", "")]
+    assert len(torch.load(data / "data" / "referit" / "referit_trainval.pth", weights_only=True)) == 4
+    assert load_split(resolve_paths(data), "referit", "test")[1].box == (30.0, 10.0, 45.0, 25.0)  # xyxy kept
+    report = check_dataset(data, "referit")
+    assert [(c.split, c.records) for c in report.splits] == [("train", 3), ("val", 1), ("test", 2)]
+    assert "published size is 54,127" in format_report(report)
+    with pytest.raises(DataError, match="use --from berkeley"):
+        prepare("refer", src, "referit", tmp_path / "other", log=lambda m: None)
