@@ -33,7 +33,7 @@ def _image_size(path) -> tuple[int, int]:
 def text_blind_baselines(paths: DataPaths, name: str) -> dict[str, dict]:
     """{split: {"largest"|"central"|"random": Acc@0.5, "n": records, "candidates": mean candidates per record}}."""
     spec = get_spec(name)
-    splits = {s: load_split(paths, name, s) for s in spec.splits if s != "trainval"}  # trainval repeats others
+    splits = {s: load_split(paths, name, s) for s in spec.distinct_splits}
     boxes: dict[str, set] = defaultdict(set)
     for records in splits.values():
         for r in records:

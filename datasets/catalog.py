@@ -27,6 +27,11 @@ class DatasetSpec:
     max_query_len: int = 20
     tuple_len: int = 5
 
+    @property
+    def distinct_splits(self) -> tuple[str, ...]:
+        """The splits without trainval, which repeats train and val (referit's own trainval file included)."""
+        return tuple(s for s in self.splits if s != "trainval")
+
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec

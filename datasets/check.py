@@ -50,7 +50,7 @@ def check_dataset(root, name: str, split_root=None, image_root=None) -> CheckRep
     sizes: dict[str, tuple[int, int]] = {}  # each image is opened once, however many records use it
     counts = []
     # trainval is train + val (or, for referit, a file holding the same records), so it is not counted again.
-    for split in (s for s in spec.splits if s != "trainval"):
+    for split in spec.distinct_splits:
         records = load_split(paths, name, split)
         if not records:
             raise DataError(f"the {split} split of {name} ({', '.join(map(str, split_files(paths, name, split)))}) "

@@ -130,8 +130,7 @@ def from_refer(refer_root, name: str, log=print) -> dict:
         boxes = {a["id"]: a["bbox"] for a in instances["annotations"]}
     except (KeyError, TypeError):
         raise DataError(f"{folder / 'instances.json'} has no COCO 'annotations' list with id and bbox") from None
-    splits = [s for s in get_spec(name).splits if s != "trainval"]
-    by_split = {s: [] for s in splits}
+    by_split = {s: [] for s in get_spec(name).distinct_splits}
     for ref in refs:
         split = _field(ref, "split", refs_path)
         if split in by_split:  # exact match, as the builder (REFER's getRefIds would also take 'testAB' for testA)
@@ -157,7 +156,7 @@ def from_mdetr(mdetr_root, name: str, log=print) -> dict:
         raise DataError(f"--from mdetr builds {', '.join(MDETR_SOURCES)}; not {name!r} ({why})")
     dataset = MDETR_SOURCES[name]
     by_split, boxes = {}, {}
-    for split in (s for s in get_spec(name).splits if s != "trainval"):
+    for split in get_spec(name).distinct_splits:
         path = mdetr_file(mdetr_root, dataset, split)
         data = load_json(path, "MDETR annotation file")
         try:

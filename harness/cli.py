@@ -122,7 +122,8 @@ def _overrides(args):
     method = {**(config.get("method") or {}), **set_method}
     recipe = {**(config.get("recipe") or {}), **set_recipe}
     if args.tag is not None and (not args.tag or not all(c.isalnum() or c in "-_.+=" for c in args.tag)):
-        raise HarnessError(f"--tag {args.tag!r}: use letters, digits and - _ . + = only (it becomes part of file names)")
+        raise HarnessError(f"--tag {args.tag!r}: use letters, digits and - _ . + = only (it becomes part of file "
+                           "names)")
     # a seed other than the recipe's is part of the run id, so that the seeds of one configuration sit side by side
     seed = f"seed{args.seed}" if getattr(args, "seed", None) is not None and args.seed != Recipe.seed else None
     tag = "_".join(t for t in (args.tag, overrides_tag(set_method, set_recipe), seed) if t) or None
@@ -260,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--refer-root", default=None, help="REFER's data folder: <dataset>/refs(<split_by>).p and "
                                                          "<dataset>/instances.json")
     prep.add_argument("--mdetr-root", default=None, help="folder of MDETR's finetune_<dataset>_<split>.json files")
-    prep.add_argument("--berkeley-root", default=None, help="folder of the Berkeley ReferItGame split files: "
-                                                            "referit_query_{train,val,trainval,test}.json, referit_bbox.json")
+    prep.add_argument("--berkeley-root", default=None,
+                      help="folder of the Berkeley ReferItGame split files: "
+                           "referit_query_{train,val,trainval,test}.json, referit_bbox.json")
     prep.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd (refer, mdetr); referit (berkeley)")
     prep.add_argument("--out", required=True, help="data root: the index goes to OUT/data/<name>/")
     prep.add_argument("--images", default=None, help="image folder to check against (default: OUT/ln_data/ + the "
@@ -308,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=None, help="YAML with method:, recipe: and data: overrides")
     _add_set(run)
     run.add_argument("--init-checkpoint", default=None,
-                     help="start from a whole-model checkpoint: TransVG's own ({'model': ...}, e.g. TransVG_R50_unc.pth) "
-                          "or one of this project's; the method is applied after loading")
+                     help="start from a whole-model checkpoint: TransVG's own ({'model': ...}, e.g. "
+                          "TransVG_R50_unc.pth) or one of this project's; the method is applied after loading")
     run.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
     run.add_argument("--output", default="results/runs", help="folder for the run record")
     run.add_argument("--work-dir", default="runs", help="folder for checkpoints")

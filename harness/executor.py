@@ -71,7 +71,8 @@ def run_job(job: Job, log_dir: Path, threads: int, gpu: str | None = None) -> Ou
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
         lines = [line for line in text.splitlines() if line.startswith("error:")] or text.splitlines()[-1:]
-        return Outcome(job.name, list(job.argv), "failed", seconds, (lines or [f"exit {proc.returncode}"])[-1], str(log))
+        message = (lines or [f"exit {proc.returncode}"])[-1]
+        return Outcome(job.name, list(job.argv), "failed", seconds, message, str(log))
     status = "skipped" if SKIPPED_MARK.search(text) else "ok"
     return Outcome(job.name, list(job.argv), status, seconds, "", str(log))
 

@@ -2,9 +2,10 @@
 tokenisation) on COCO-like JPEGs, next to a decode-only floor on the same files (`harness profile --loader`).
 
 COCO-like: 640 x 480 JPEGs at quality 90 whose content has a photo-like spectrum (noise summed over octaves, grain,
-solid shapes with edges), about 150 KiB each like COCO train2014's (13 GB / 82,783 images = 157 KiB), so that the
-entropy decoder does a photo's work; flat synthetic scenes decode faster than photos and would flatter the loader. Each file gets one
-index record in TransVG's layout, so the exact dataset class and transforms of a run are what is timed.
+solid shapes with edges), 100-150 KiB each, near COCO train2014's mean (13 GB / 82,783 images = 157 KiB), so that
+the entropy decoder does a photo's work; flat synthetic scenes decode faster than photos and would flatter the
+loader. Each file gets one index record in TransVG's layout, so the exact dataset class and transforms of a run
+are what is timed.
 """
 from __future__ import annotations
 

@@ -53,7 +53,8 @@ def check_values(cls, values: dict, what: str) -> dict:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise HarnessError(f"unknown {what} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}")
+        raise HarnessError(f"unknown {what} option(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(sorted(known)) or 'none'}")
     out = {}
     for key, value in values.items():
         annotation = hints[key]

@@ -143,8 +143,9 @@ def _refuse_beyond_host_memory(model, optimizer, amp: bool, batch_size: int, see
     one = _Trainer(model, optimizer, synthetic_batch(model.config, 1, torch.device("cpu"), seed), amp).training_state()
     need = one["saved_activations_bytes"] * batch_size + one["training_state_bytes"] - one["saved_activations_bytes"]
     if need > 0.8 * have:
-        raise HarnessError(f"a training step at batch {batch_size} keeps at least {need / 2**30:.1f} GiB in host memory "
-                           f"(measured at batch 1 and scaled), more than 80% of this machine's {have / 2**30:.1f} GiB: "
+        raise HarnessError(f"a training step at batch {batch_size} keeps at least {need / 2**30:.1f} GiB in host "
+                           f"memory (measured at batch 1 and scaled), more than 80% of this machine's "
+                           f"{have / 2**30:.1f} GiB: "
                            "lower --batch-size or profile on a GPU")
 
 

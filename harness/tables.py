@@ -335,7 +335,8 @@ def curves_plot(mains, path: Path) -> Path:
     drawn = False
     for heading, _, recs in mains:
         first_seed = {}  # one line per row: its lowest seed
-        for r in sorted((r for r in recs if r["status"] == "ok" and r["dataset"] == "unc"), key=lambda r: str(_seed(r))):
+        unc_ok = (r for r in recs if r["status"] == "ok" and r["dataset"] == "unc")
+        for r in sorted(unc_ok, key=lambda r: str(_seed(r))):
             first_seed.setdefault(row_name(r), r)
         runs = [first_seed[name] for name in sorted(first_seed, key=method_order)]
         for r in runs:

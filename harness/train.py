@@ -99,7 +99,7 @@ def init_distributed() -> tuple[int, int]:
 
 
 def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
-    """The recipe's runtime settings (Recipe.runtime / frozen_chunk / checkpoint_fusion), after the method is applied."""
+    """The recipe's runtime settings (runtime, frozen_chunk, checkpoint_fusion), after the method is applied."""
     if recipe.runtime == "optimized":
         model.optimize_for_training(channels_last=device.type == "cuda")
     else:  # released: explicit attention that keeps its N x N maps, as nn.MultiheadAttention(need_weights=True)

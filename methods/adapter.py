@@ -15,8 +15,8 @@ Adapted to this model:
 - the up-projection is zero-initialised (AdaptFormer), so the tuned model equals the frozen one at step 0;
   s = 1 (Houlsby's sequential adapter has no scale; AdaptFormer's 0.1 belongs to its parallel form);
 - bottleneck 64 in both branches at the paper preset (BERT 768 -> 64, DETR 256 -> 64): 2,776,320 adapter
-  parameters (2,820,864 encoder-side with the LayerNorms), comparable to M2IST's 3.19M and the 3.27M "Adapter-tuning" row; scaled with the branch
-  width on other presets (tiny: 5 and 8);
+  parameters (2,820,864 encoder-side with the LayerNorms), comparable to M2IST's 3.19M and the 3.27M
+  "Adapter-tuning" row; scaled with the branch width on other presets (tiny: 5 and 8);
 - LayerNorms: Houlsby's released code trains every LayerNorm of the network (adapter-bert @1a31fc6,
   optimization.py L71-73 trains the "adapters", "layer_norm" and "head" collections; modeling.py puts every
   layer_norm, the embeddings' included, into "layer_norm"). `train_layer_norms: true` (default) does the same

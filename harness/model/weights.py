@@ -45,6 +45,11 @@ class LoadReport:
                 f"{len(self.unexpected)} unexpected, {len(self.ignored)} ignored (unused by this model)")
 
 
+def _renamed(key: str, table) -> str | None:
+    """`key` with the first matching (source prefix, model prefix) of `table` swapped in; None if none matches."""
+    return next((dst + key[len(src):] for src, dst in table if key.startswith(src)), None)
+
+
 def read_checkpoint(path, trust: bool = False):
     """torch.load a checkpoint or weight file safely (datasets/safe_load.py): DETR's and TransVG's files pickle an
     argparse Namespace under "args", which the allow-list admits; anything else needs `trust`."""
@@ -79,7 +84,7 @@ def load_vision_state(model, sd: dict, source: str = "state dict") -> LoadReport
     target = {k: v for k, v in model.state_dict().items() if k.startswith("visumodel.")}
     mapped = {}
     for key, value in sd.items():
-        new = next((dst + key[len(src):] for src, dst in DETR_TO_MODEL if key.startswith(src)), None)
+        new = _renamed(key, DETR_TO_MODEL)
         if new is None:
             (report.ignored if key.startswith(DETR_UNUSED) else report.unexpected).append(key)
         elif key.endswith("num_batches_tracked"):
@@ -150,7 +155,8 @@ def _check_and_load(model, target: dict, mapped: dict, report: LoadReport, expec
 
 
 # TransVG checkpoint key -> ours (models/trans_vg.py, visual_model/detr.py, vl_transformer.py at c862427)
-TRANSVG_TO_MODEL = (("visumodel.backbone.0.body.", "visumodel.backbone."), ("visumodel.input_proj.", "visumodel.input_proj."),
+TRANSVG_TO_MODEL = (("visumodel.backbone.0.body.", "visumodel.backbone."),
+                    ("visumodel.input_proj.", "visumodel.input_proj."),
                     ("visumodel.transformer.encoder.", "visumodel.encoder."), ("textmodel.bert.", "textmodel.bert."),
                     ("vl_transformer.encoder.", "vl_transformer."), ("vl_pos_embed.", "vl_pos_embed."),
                     ("reg_token.", "reg_token."), ("visu_proj.", "visu_proj."), ("text_proj.", "text_proj."),
@@ -187,7 +193,7 @@ def load_whole_model_state(model, sd: dict, source: str) -> LoadReport:
         if key.startswith(tuple(TRANSVG_IGNORED)) or key.endswith("num_batches_tracked"):
             report.ignored.append(key)  # FrozenBatchNorm2d keeps no num_batches_tracked (as TransVG's)
             continue
-        new = next((dst + key[len(src):] for src, dst in TRANSVG_TO_MODEL if key.startswith(src)), None)
+        new = _renamed(key, TRANSVG_TO_MODEL)
         if new is None:
             report.unexpected.append(key)
             continue
@@ -195,6 +201,6 @@ def load_whole_model_state(model, sd: dict, source: str) -> LoadReport:
             new = new[: new.rindex(".")] + (".weight" if new.endswith(".gamma") else ".bias")
         mapped[new] = value
     _check_and_load(model, model.state_dict(), mapped, report,
-                    "TransVG's checkpoint layout (visumodel.*, textmodel.bert.*, vl_transformer.encoder.*, vl_pos_embed, "
-                    "reg_token, visu_proj, text_proj, bbox_embed) at this preset's sizes")
+                    "TransVG's checkpoint layout (visumodel.*, textmodel.bert.*, vl_transformer.encoder.*, "
+                    "vl_pos_embed, reg_token, visu_proj, text_proj, bbox_embed) at this preset's sizes")
     return report
