@@ -179,9 +179,13 @@ def _cmd_profile(args):
         print(json.dumps(out, indent=2) if args.json else
               f"loader ({out['data']} {args.dataset}, {out['image_size']} px, augmentation on, "
               f"{out['num_workers']} workers): {out['samples_per_s']:.1f} samples/s over {out['batches']} batches\n"
-              f"per worker: {w['pipeline_samples_per_s']:.1f} samples/s; decode-only floor on the same "
-              f"{w['samples']} files ({w['mean_jpeg_kib']:.0f} KiB mean): {w['decode_floor_samples_per_s']:.1f} "
-              f"samples/s ({100 * w['pipeline_share_of_floor']:.0f}% of the floor)")
+              + "per worker (samples/s, one thread):\n"
+              + "".join(f"  {rate:7.1f}  {name}\n" for name, rate in w["variants_samples_per_s"].items())
+              + f"  {w['decode_floor_samples_per_s']:7.1f}  decode-only floor (PIL) on the same {w['samples']} files "
+              f"({w['mean_jpeg_kib']:.0f} KiB mean)\n"
+              f"speed-up {w['speedup']:.2f}x; now {100 * w['pipeline_share_of_floor']:.0f}% of the floor; the batch "
+              f"side on this CPU: " + ", ".join(f"{k} {v:.2f} ms" for k, v in w["batch_side_cpu_ms_per_sample"].items())
+              + " per sample")
         return
     if not args.method:
         raise HarnessError("harness profile needs --method NAME (or --loader for the data loader alone)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from datasets.transforms import model_inputs
 from harness.boxes import cxcywh_to_xyxy, paired_iou
 
 
@@ -22,7 +23,7 @@ def evaluate(model, loader, device, amp: bool = False, strict: bool = False) -> 
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, iou sum, count
     for batch in loader:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = model_inputs(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"])
         correct, iou = score_boxes(pred.float(), batch["box"], strict)

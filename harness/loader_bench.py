@@ -79,11 +79,37 @@ def _rate(fn, n: int, repeats: int = 3) -> float:
     return statistics.median(rates)
 
 
+def _variants(dataset) -> dict:
+    """The training sample as one worker makes it, lever by lever, from the previous pipeline to today's (each on
+    the same files and seeds; geometry, draws and texts are the same in all of them)."""
+    from datasets.rec import RECDataset
+    from datasets.transforms import normalize_images
+
+    def like(**kwargs):
+        return RECDataset(dataset.paths, dataset.name, dataset.splits, dataset.tokenizer, dataset.image_size,
+                          train=True, max_query_len=dataset.max_query_len, **kwargs)
+
+    pil, tensor, deferred = like(pil_geometry=True), like(), like(defer_jitter=True)
+
+    def previous(i):  # PIL resampling and jitter, then ToTensor + NormalizeAndPad in the worker
+        item = pil[i]
+        return normalize_images(item["image"][None], item["image_mask"][None])
+
+    return {"previous (PIL resampling, jitter and float normalisation in the worker)": previous,
+            "+ uint8 canvas, normalised on the batch": lambda i: pil[i],
+            "+ uint8 tensor resampling (torchvision)": lambda i: tensor[i],
+            "+ colour jitter on the batch (CUDA runs)": lambda i: deferred[i]}
+
+
 def per_worker(dataset, samples: int | None = None, seed: int = 13) -> dict:
-    """One worker's throughput, measured in this process (no inter-process copies): the full training sample
-    (decode + augmentation + tokenisation, as a DataLoader worker runs it) and the decode-only floor (PIL open +
-    RGB conversion of the same files)."""
+    """One worker's throughput, measured in this process (no inter-process copies): each pipeline variant's full
+    training sample (decode + augmentation + tokenisation, as a DataLoader worker runs it; `_variants`), the
+    decode-only floor (PIL open + RGB conversion of the same files), and what the batch side then costs per sample
+    on this CPU (normalisation, and the deferred jitter), which a GPU run does on the GPU."""
     import random
+
+    from datasets.rec import collate
+    from datasets.transforms import normalize_images
 
     n = min(samples or len(dataset), len(dataset))
     files = [dataset.image_dir / r.image_file for r in dataset.records[:n]]
@@ -92,18 +118,29 @@ def per_worker(dataset, samples: int | None = None, seed: int = 13) -> dict:
         with Image.open(files[i]) as img:
             img.convert("RGB")
 
-    random.seed(seed)
-    torch.manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a DataLoader worker runs with
     try:
-        pipeline = _rate(lambda i: dataset[i], n)
+        rates = {}
+        for name, make in _variants(dataset).items():
+            random.seed(seed)
+            torch.manual_seed(seed)
+            rates[name] = _rate(make, n)
         floor = _rate(decode, n)
+        batch = collate([_variants(dataset)["+ colour jitter on the batch (CUDA runs)"](i) for i in range(16)])
+        batch_ms = {
+            "normalise": 1000 / _rate(lambda _: normalize_images(batch["image"], batch["image_mask"]), 4) / 16,
+            "jitter + normalise": 1000 / _rate(lambda _: normalize_images(batch["image"], batch["image_mask"],
+                                                                          batch["jitter"]), 4) / 16}
     finally:
         torch.set_num_threads(threads)
     sizes = [f.stat().st_size for f in files]
-    return {"pipeline_samples_per_s": pipeline, "decode_floor_samples_per_s": floor,
-            "pipeline_share_of_floor": pipeline / floor, "samples": n,
-            "mean_jpeg_kib": statistics.fmean(sizes) / 1024, "torch_threads": 1,
+    before, after = next(iter(rates.values())), list(rates.values())[-1]
+    return {"variants_samples_per_s": rates, "pipeline_samples_per_s": after, "previous_samples_per_s": before,
+            "speedup": after / before, "decode_floor_samples_per_s": floor, "pipeline_share_of_floor": after / floor,
+            "batch_side_cpu_ms_per_sample": batch_ms, "samples": n, "mean_jpeg_kib": statistics.fmean(sizes) / 1024,
+            "torch_threads": 1,
             "what": "one worker's work in one process: dataset[i] (decode, TransVG training augmentation, "
-                    "tokenisation) vs PIL open + RGB conversion of the same files; median of 3 passes after a warm one"}
+                    "tokenisation) for each pipeline variant vs PIL open + RGB conversion of the same files; median "
+                    "of 3 passes after a warm one. The variants add one lever each, in order; the last is what a CUDA "
+                    "run's workers do, the one before it what a CPU run's do"}

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from datasets.transforms import normalize_images
 from harness.errors import HarnessError
 
 SOURCE_VERSION = 1  # bump when the source task or the export changes: a new cache folder follows
@@ -217,14 +218,6 @@ def source_images(count: int, seed: int, image_size: int):
     return images, masks, objects
 
 
-def _normalise(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    x = images.float() / 255.0
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return x.masked_fill(masks[:, None], 0.0)  # padding is 0 after normalisation, as NormalizeAndPad
-
-
 def cell_targets(objects: list, flips: list, image_size: int, stride: int = 32) -> dict:
     """Per visual token: objectness (an object's centre is in the cell; the larger wins a shared cell), and that
     object's shape, colour and box (cx, cy, w, h over the image size: the frame REC predicts in, so the token
@@ -346,7 +339,7 @@ def _pretrain_vision(cfg: PretrainConfig, model_cfg, partial: Path, device, log)
         batch[flip_idx], mask[flip_idx] = batch[flip_idx].flip(-1), mask[flip_idx].flip(-1)
         target = {k: v.to(device) for k, v in cell_targets([objects[i] for i in idx.tolist()], flips,
                                                           model_cfg.image_size).items()}
-        out_b = vis(_normalise(batch, mask).to(device), mask.to(device))
+        out_b = vis(normalize_images(batch, mask).to(device), mask.to(device))
         loss, _ = detection_loss(head(out_b.features), target, ~out_b.mask)
         losses.append(_optimizer_step(loss, opt, sched, params))
         if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
@@ -358,7 +351,7 @@ def _pretrain_vision(cfg: PretrainConfig, model_cfg, partial: Path, device, log)
         ids = list(range(cfg.images, cfg.images + held_out))
         target = {k: v.to(device) for k, v in cell_targets([objects[i] for i in ids], [False] * len(ids),
                                                           model_cfg.image_size).items()}
-        out_b = vis(_normalise(images[ids], masks[ids]).to(device), masks[ids].to(device))
+        out_b = vis(normalize_images(images[ids], masks[ids]).to(device), masks[ids].to(device))
         held_loss, scores = detection_loss(head(out_b.features), target, ~out_b.mask)
     tmp = partial / "vision.pth.tmp"
     torch.save({"model": export_vision_state(vis.cpu())}, tmp)

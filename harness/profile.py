@@ -298,9 +298,10 @@ def summary(record: dict) -> str:
 
 
 def loader_host_bytes(image_size: int, batch_size: int, num_workers: int) -> int:
-    """Host memory the loader's batches take at once: a float32 image and a bool mask per sample, in each worker's
-    two prefetched batches plus the one in the main process (decoded PIL images and buffers come on top)."""
-    per_sample = image_size * image_size * (3 * 4 + 1)
+    """Host memory the loader's batches take at once: a uint8 image and a bool mask per sample (normalised on the
+    device), in each worker's two prefetched batches plus the one in the main process (decoded images and
+    buffers come on top)."""
+    per_sample = image_size * image_size * (3 + 1)
     return per_sample * batch_size * (2 * num_workers + 1)
 
 
@@ -340,7 +341,7 @@ def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=Non
     paths, tok_source, kind, _ = resolve_data(RunConfig(method="frozen", dataset=dataset, data_root=data_root,
                                                         tokenizer=tokenizer), 0)
     ds = RECDataset(paths, dataset, "train", build_tokenizer(tok_source), image_size, train=True,
-                    max_query_len=spec.max_query_len)
+                    max_query_len=spec.max_query_len, defer_jitter=torch.cuda.is_available())  # as a run would
     if len(ds) < batch_size:  # drop_last would leave no batch at all and the loop below would never end
         raise HarnessError(f"the train split of {dataset} has {len(ds)} samples, fewer than one batch of "
                            f"{batch_size}: lower --batch-size")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from datasets.catalog import get_spec, resolve_paths
 from datasets.rec import RECDataset, collate
+from datasets.transforms import model_inputs
 from datasets.synth import DEFAULT_IMAGES as SYNTH_DEFAULT_IMAGES
 from datasets.synth import ensure_synthetic
 from datasets.tokenize import build_tokenizer
@@ -254,7 +255,8 @@ def run(cfg: RunConfig) -> dict:
     with RunLock(run_dir, rank):  # held until the record is written
         image_size = get_config(cfg.preset).image_size  # the data is checked before the model is built
         train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, image_size, train=True,
-                               augment=recipe.augment, max_query_len=spec.max_query_len)
+                               augment=recipe.augment, max_query_len=spec.max_query_len,
+                               defer_jitter=device.type == "cuda")
         eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, image_size, train=False,
                                    max_query_len=spec.max_query_len) for s in spec.eval_splits}
         if rank == 0:
@@ -441,7 +443,7 @@ def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, schedu
                    leave=False, dynamic_ncols=True)
         for batch in bar:
             t0 = time.perf_counter()
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = model_inputs(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.amp):
                 pred = train_model(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"])
             loss = rec_loss(pred.float(), batch["box"])

@@ -32,7 +32,7 @@ def test_eval_item(synth_root, tokenizer):
     ds = RECDataset(paths, "unc", "val", tokenizer, image_size=128, train=False)
     record = load_split(paths, "unc", "val")[3]
     item = ds[3]
-    assert item["image"].shape == (3, 128, 128) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (3, 128, 128) and item["image"].dtype == torch.uint8  # normalised on the batch
     assert item["image_mask"].shape == (128, 128) and item["image_mask"].dtype == torch.bool
     assert item["image_mask"].any() and not item["image_mask"].all()
     assert item["index"] == 3

@@ -1,4 +1,5 @@
-"""TransVG transforms: flip semantics, letterbox/pad geometry, scaled constants, RandomSelect, reproducibility."""
+"""TransVG transforms: flip semantics, letterbox/pad geometry, scaled constants, RandomSelect, reproducibility, and
+the uint8 pipeline against the PIL one (eval bit-identical, training draw for draw, jitter level for level)."""
 import json
 import random
 
@@ -11,8 +12,9 @@ from datasets.catalog import resolve_paths
 from datasets.index import load_split
 from datasets.synth_grammar import parse, resolve
 from datasets.synth_scenes import COLOURS, Obj
-from datasets.transforms import (RandomSelect, RandomSizeCrop, box_to_pixels, cxcywh_to_xyxy, hflip,
-                                 make_transforms, swap_left_right, xyxy_to_cxcywh)
+from datasets.transforms import (ENHANCERS, IMAGENET_MEAN, IMAGENET_STD, RandomResize, RandomSelect,
+                                 RandomSizeCrop, box_to_pixels, color_jitter, cxcywh_to_xyxy, hflip, make_transforms,
+                                 model_inputs, swap_left_right, to_uint8_tensor, xyxy_to_cxcywh)
 
 
 SIDE_WORDS = [  # (expression, its mirror): whole words, hyphenated and fused compounds, case kept
@@ -143,3 +145,91 @@ def test_train_augmentation_is_reproducible_from_global_seeds():
     a, b, c = run(5), run(5), run(6)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
+
+
+# ---- the uint8 pipeline against the PIL one it replaced ----------------------------------------------------
+
+def _photo(seed, size=(230, 170)):
+    """Smooth content with edges, as resampling sees in photos (pure noise exaggerates kernel differences)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size[1] // 10, size[0] // 10, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize(size, Image.BICUBIC)
+    img.paste(tuple(int(v) for v in rng.integers(0, 256, 3)), (20, 30, 90, 120))
+    return img
+
+
+def _previous_eval(img, box, image_size):
+    """The eval pipeline as it was: PIL resize, then TransVG's ToTensor + NormalizeAndPad in float."""
+    import torchvision.transforms.functional as F
+
+    out = RandomResize([image_size])({"img": img, "box": box, "text": "x"})
+    x = F.normalize(F.to_tensor(out["img"]), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    h, w = x.shape[1:]
+    top, left = round((image_size - h) / 2.0 - 0.1), round((image_size - w) / 2.0 - 0.1)
+    canvas = torch.zeros(3, image_size, image_size)
+    canvas[:, top:top + h, left:left + w] = x
+    return canvas
+
+
+@pytest.mark.parametrize("size", [(230, 170), (170, 230), (640, 480)])
+@pytest.mark.parametrize("image_size", [160, 640])
+def test_eval_input_is_bit_identical_to_transvg_to_tensor_normalize_and_pad(size, image_size):
+    img, box = _photo(1, size), torch.tensor([5.0, 6.0, 100.0, 120.0])
+    out = make_transforms(image_size, train=False)({"img": img, "box": box.clone(), "text": "x"})
+    assert out["img"].dtype == torch.uint8 and "jitter" not in out
+    batch = model_inputs(collate_like(out), "cpu")
+    assert torch.equal(batch["image"][0], _previous_eval(img, box, image_size))
+
+
+def collate_like(sample):
+    return {"image": sample["img"][None], "image_mask": sample["mask"][None], "box": sample["box"][None],
+            **({"jitter": sample["jitter"][None]} if "jitter" in sample else {})}
+
+
+def _draws(transform, img, seed, text):
+    random.seed(seed)
+    torch.manual_seed(seed)
+    out = transform({"img": img, "box": torch.tensor([40.0, 30.0, 150.0, 140.0]), "text": text})
+    return out, (random.getstate(), torch.get_rng_state())
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_uint8_training_pipeline_matches_the_pil_one_draw_for_draw(defer):
+    """Same seeds -> the same draws in the same order, so geometry, flips, texts, padding and jitter factors are
+    exactly the PIL pipeline's; pixels differ only by torchvision's resampling kernel (within 2 levels before the
+    jitter scales them)."""
+    pil_pipeline = make_transforms(160, train=True)
+    uint8_pipeline = make_transforms(160, train=True, defer_jitter=defer)
+    img = _photo(2)
+    crops = flips = 0
+    for seed in range(40):
+        text = "the left cup" if seed % 3 == 0 else "the red cup"
+        a, state_a = _draws(pil_pipeline, img, seed, text)
+        b, state_b = _draws(uint8_pipeline, to_uint8_tensor(img), seed, text)
+        assert state_a[0] == state_b[0] and torch.equal(state_a[1], state_b[1])  # nothing drawn more or less
+        assert torch.equal(a["box"], b["box"]) and torch.equal(a["mask"], b["mask"]) and a["text"] == b["text"]
+        assert ("jitter" in b) == defer
+        x, y = model_inputs(collate_like(a), "cpu")["image"], model_inputs(collate_like(b), "cpu")["image"]
+        levels = ((x - y) * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255).abs()
+        assert levels.max() <= 6.01 and levels.mean() < 0.05  # 2 levels of resampling, scaled by up to 3 factors <= 1.4
+        crops += (~a["mask"]).sum().item() < 0.5 * 160 * 160
+        flips += a["text"] != text
+    assert crops and flips  # the draws above did exercise the crop and the flip
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_deferred_jitter_equals_pil_enhance_level_for_level(seed):
+    rng = random.Random(seed)
+    img = _photo(seed, (120, 90))
+    canvas = torch.zeros(1, 3, 128, 128)
+    canvas[0, :, 7:97, 3:123] = to_uint8_tensor(img).float()
+    valid = torch.zeros(1, 128, 128, dtype=torch.bool)
+    valid[0, 7:97, 3:123] = True
+    factors, expected = torch.ones(1, 3, 3), img
+    for position, k in enumerate(rng.sample(range(3), 3)):
+        factor = rng.uniform(0.6, 1.4)
+        factors[0, position, k] = factor
+        expected = ENHANCERS[k](expected).enhance(factor)
+    out = color_jitter(canvas, valid, factors)
+    assert torch.equal(out[0, :, 7:97, 3:123], to_uint8_tensor(expected).float())  # contrast's mean: unpadded only
+    assert torch.equal(color_jitter(canvas, valid, torch.ones(1, 3, 3)), canvas)  # no draw, no change

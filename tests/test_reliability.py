@@ -260,3 +260,18 @@ def test_profile_refuses_a_cpu_batch_beyond_host_memory(monkeypatch, capsys):
     assert main(["profile", "--method", "full", "--preset", "tiny", "--batch-size", "256", "--device", "cpu",
                  "--steps", "1", "--warmup", "0", "--no-flops", "--output", "/nonexistent/never-written"]) == 2
     assert "measured at batch 1 and scaled" in one_line_error(capsys)
+
+
+def test_loader_benchmark_times_each_lever_against_the_decode_floor(synth_root):
+    from datasets.catalog import resolve_paths
+    from datasets.rec import RECDataset
+    from datasets.tokenize import build_tokenizer
+    from harness.loader_bench import per_worker
+
+    ds = RECDataset(resolve_paths(synth_root), "unc", "train", build_tokenizer(synth_root / "vocab.txt"), 96,
+                    train=True)
+    out = per_worker(ds, samples=6)
+    rates = list(out["variants_samples_per_s"].values())
+    assert len(rates) == 4 and all(r > 0 for r in rates) and out["decode_floor_samples_per_s"] > 0
+    assert out["speedup"] == rates[-1] / rates[0] and out["samples"] == 6
+    assert set(out["batch_side_cpu_ms_per_sample"]) == {"normalise", "jitter + normalise"}

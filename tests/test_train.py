@@ -144,12 +144,13 @@ def test_ddp_gloo_two_processes(cache, tmp_path):
 def test_overfits_a_fixed_batch(cache):
     from datasets.catalog import resolve_paths
     from datasets.rec import RECDataset, collate
+    from datasets.transforms import model_inputs
     from datasets.tokenize import build_tokenizer
 
     root = ensure_synthetic(cache, seed=13, images=IMAGES)
     tok = build_tokenizer(root / "vocab.txt")
     ds = RECDataset(resolve_paths(root), "unc", "train", tok, 160, train=True, augment=False)
-    batch = collate([ds[i] for i in range(4)])
+    batch = model_inputs(collate([ds[i] for i in range(4)]), "cpu")
     model = tiny_model(vocab_size=len(tok))
     apply_method(build_method("full"), model)
     model.eval()  # no dropout: a clean optimisation problem
