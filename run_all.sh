@@ -3,7 +3,9 @@
 # Runs whose record matches their configuration are skipped and interrupted runs resume, so rerunning after a stop
 # finishes the job; --force redoes every run. A failed job is listed at the end and makes the exit status 2.
 #   ./run_all.sh [--epochs N] [--force]                 suite default: synthetic data, tiny preset, CPU, every
-#                                                       method on all five names (N epochs per run, default 1)
+#                                                       method on unc with the full tiny recipe (50 epochs)
+#   ./run_all.sh --all-datasets [--epochs N] [--force]  suite all-datasets: the same on all five dataset names
+#                                                       -> results/all_datasets/
 #   ./run_all.sh --random-init [--epochs N] [--force]   suite random-init -> results/random_init/
 #   ./run_all.sh --transfer [--epochs N] [--force]      suite transfer: every method on unc with the full tiny
 #                                                       recipe (50 epochs), stand-in and random encoders
@@ -19,6 +21,7 @@ suite=default data_root="" weights="" epochs="" extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --force) extra+=(--force) ;;
+        --all-datasets) suite=all-datasets ;;
         --efficiency) suite=efficiency ;;
         --paper) suite=paper ;;
         --random-init) suite=random-init ;;
@@ -28,7 +31,7 @@ while [ $# -gt 0 ]; do
             case "$1" in --data-root) data_root="$2" ;; --weights) weights="$2" ;; --epochs) epochs="$2" ;; esac
             shift ;;
         --) shift; extra+=("$@"); break ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
     esac
     shift

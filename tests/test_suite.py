@@ -50,7 +50,7 @@ def test_bad_suite_files_are_one_line(tmp_path, text, message):
 
 
 def test_named_suites_parse_and_unknown_names_are_refused(capsys):
-    assert {"default", "random-init", "transfer", "efficiency", "paper"} <= set(suite_names())
+    assert {"default", "all-datasets", "random-init", "transfer", "efficiency", "paper"} <= set(suite_names())
     for name in suite_names():
         variables = {"data_root": "/d", "weights": "/w"} if name == "paper" else {}
         assert expand(load_suite(name), variables)
