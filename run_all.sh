@@ -6,6 +6,8 @@
 #                                                       method on unc with the full tiny recipe (50 epochs)
 #   ./run_all.sh --all-datasets [--epochs N] [--force]  suite all-datasets: the same on all five dataset names
 #                                                       -> results/all_datasets/
+#   ./run_all.sh --sweep [--epochs N] [--force]         suite sweep: each method's encoder-side lr chosen on val
+#                                                       over a grid, then 3 seeds of the choice -> results/sweep/
 #   ./run_all.sh --random-init [--epochs N] [--force]   suite random-init -> results/random_init/
 #   ./run_all.sh --transfer [--epochs N] [--force]      suite transfer: every method on unc with the full tiny
 #                                                       recipe (50 epochs), stand-in and random encoders
@@ -13,7 +15,8 @@
 #                                                       fp32 + bf16, optimized and released runtimes
 #   ./run_all.sh --paper --data-root DIR --weights DIR  suite paper: real data, paper recipe; DIR of weights holds
 #                                                       detr-r50-{unc,gref,referit}.pth and bert-base-uncased/
-# Other arguments after `--` go to `harness suite` (e.g. -- --workers 1 --threads 2).
+# Other arguments after `--` go to `harness suite` (e.g. -- --workers 1 --threads 2, or -- --launcher slurm
+# --partition P --gpus-per-job 1 --time 2:00:00 to submit each run to a SLURM cluster).
 set -euo pipefail
 source "$(dirname "$0")/scripts/bootstrap.sh"
 
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --force) extra+=(--force) ;;
         --all-datasets) suite=all-datasets ;;
+        --sweep) suite=sweep ;;
         --efficiency) suite=efficiency ;;
         --paper) suite=paper ;;
         --random-init) suite=random-init ;;
@@ -31,7 +35,7 @@ while [ $# -gt 0 ]; do
             case "$1" in --data-root) data_root="$2" ;; --weights) weights="$2" ;; --epochs) epochs="$2" ;; esac
             shift ;;
         --) shift; extra+=("$@"); break ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
     esac
     shift

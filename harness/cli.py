@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from datasets.errors import DataError
 from harness.errors import HarnessError
 
@@ -131,8 +133,11 @@ def _overrides(args):
 
 
 def _cmd_run(args):
+    from harness.sweep import selected_set
     from harness.train import RunConfig, run
 
+    if args.selected:  # the sweep's choice for this method, as if given with --set
+        args.set = [*args.set, *selected_set(args.selected, args.method)]
     if args.random_init and (args.vision_weights or args.language_weights or args.init_checkpoint):
         raise HarnessError("--random-init contradicts --vision-weights/--language-weights/--init-checkpoint: drop one")
     config, method, recipe, sets, tag = _overrides(args)
@@ -219,21 +224,60 @@ def _cmd_suite(args):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise HarnessError(f"--var {item!r}: expected KEY=VALUE")
-        variables[key] = value
+        try:  # YAML values (1.0e-4, 3, null); a comma makes a list
+            parts = [yaml.safe_load(v) for v in value.split(",")]
+        except yaml.YAMLError:
+            raise HarnessError(f"--var {item!r}: VALUE is not YAML") from None
+        variables[key] = parts if "," in value else parts[0]
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
     except ValueError:
         raise HarnessError(f"--seeds {args.seeds!r}: expected integers separated by commas, e.g. 13,14,15") from None
+    launcher = None
+    if args.launcher:
+        launcher = {"cluster": args.launcher, "partition": args.partition, "gpus_per_job": args.gpus_per_job,
+                    "time_min": _minutes(args.time), "folder": args.submitit_folder}
+    elif args.partition or args.gpus_per_job or args.time or args.submitit_folder:
+        raise HarnessError("--partition, --gpus-per-job, --time and --submitit-folder go with --launcher slurm")
     run_suite(args.name, variables, workers=args.workers, threads=args.threads, gpus=gpus, force=args.force,
-              dry_run=args.dry_run, logs=args.logs, record=args.record, seeds=seeds)
+              dry_run=args.dry_run, logs=args.logs, record=args.record, seeds=seeds, launcher=launcher)
+
+
+def _minutes(text: str | None) -> int | None:
+    """--time in SLURM's forms (minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S) -> whole minutes, seconds rounded up."""
+    if text is None:
+        return None
+    days, _, clock = text.rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        if not 1 <= len(parts) <= 3 or min(parts) < 0:
+            raise ValueError
+        if days:  # D-H, D-H:M, D-H:M:S
+            h, m, sec = (parts + [0, 0])[:3]
+            minutes = int(days) * 24 * 60 + h * 60 + m + (sec > 0)
+        else:  # M, M:S, H:M:S
+            h, m, sec = ([0, 0] + parts)[-3:] if len(parts) == 3 else (0, *(parts + [0])[:2])
+            minutes = h * 60 + m + (sec > 0)
+    except ValueError:
+        raise HarnessError(f"--time {text!r}: use SLURM's forms, e.g. 90 (minutes), 1:30:00 or 1-12:00") from None
+    if minutes < 1:
+        raise HarnessError(f"--time {text!r}: at least one minute")
+    return minutes
 
 
 def _cmd_table(args):
     from harness.tables import build_tables
 
-    for path in build_tables(runs=args.runs, profiles=args.profiles, out=args.out):
+    for path in build_tables(runs=args.runs, profiles=args.profiles, out=args.out, selected=args.selected):
         print(f"wrote {path}")
+
+
+def _cmd_select(args):
+    from harness.sweep import run_select
+
+    run_select(args.runs, args.dataset, args.out, key=args.key, seed=args.seed)
+    print(f"wrote {args.out} and {Path(args.out).with_name('sensitivity.png')}")
 
 
 TRUST_HELP = ("allow index, weight and checkpoint files that only a full (unsafe) unpickler reads; such a file "
@@ -320,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="results/runs", help="folder for the run record")
     run.add_argument("--work-dir", default="runs", help="folder for checkpoints")
     run.add_argument("--tag", default=None, help="suffix for the run id (keeps variants apart)")
+    run.add_argument("--selected", default=None, metavar="FILE",
+                     help="train the configuration `harness select` chose for this method (its lr_encoder, as "
+                          "--set would give it)")
     run.add_argument("--resume", action="store_true",
                      help="(the default, kept for old scripts) a run continues from its own last checkpoint")
     run.add_argument("--restart", action="store_true",
@@ -405,13 +452,34 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--dry-run", action="store_true", help="print the jobs and stop")
     suite.add_argument("--logs", default=None, help="folder for the jobs' logs (default runs/suite-logs/NAME)")
     suite.add_argument("--record", default=None, help="the suite record (default results/suites/NAME.json)")
+    suite.add_argument("--launcher", choices=["slurm", "local", "debug"], default=None,
+                       help="submit each run and profile as its own job through submitit: slurm (sbatch), or "
+                            "submitit's local / debug executors on this machine; tables and selection stay here")
+    suite.add_argument("--partition", default=None, help="SLURM partition (--launcher slurm)")
+    suite.add_argument("--gpus-per-job", type=int, default=0,
+                       help="GPUs per job; a run with more than one trains with torchrun (DDP) inside its job")
+    suite.add_argument("--time", default=None, help="time limit per job: minutes, H:MM:SS or D-HH:MM")
+    suite.add_argument("--submitit-folder", default=None,
+                       help="where submitit keeps its job files (default: the suite's log folder /submitit)")
     suite.set_defaults(func=_cmd_suite)
 
     table = sub.add_parser("table", help="regenerate results/main.md, efficiency.md and tradeoff.png from records")
     table.add_argument("--runs", default="results/runs", help="folder of run records")
     table.add_argument("--profiles", default="results/profile", help="folder of profile records")
     table.add_argument("--out", default="results", help="folder for the tables and the plot")
+    table.add_argument("--selected", default=None, metavar="FILE",
+                       help="a `harness select` file: main.md also shows each method's configuration selected on val "
+                            "(its runs, all seeds, from the folder the file names) beside the published one")
     table.set_defaults(func=_cmd_table)
+
+    select = sub.add_parser("select", help="choose each method's encoder-side learning rate on val from a sweep's "
+                                           "grid runs; writes the selection and sensitivity.png beside it")
+    select.add_argument("--runs", required=True, help="folder of the grid's run records")
+    select.add_argument("--dataset", default="unc")
+    select.add_argument("--out", required=True, help="the selection file (JSON)")
+    select.add_argument("--key", default="lr_encoder", help="the tuned recipe option")
+    select.add_argument("--seed", type=int, default=13, help="the seed the grid trained at")
+    select.set_defaults(func=_cmd_select)
 
     methods = sub.add_parser("methods", help="list the registered methods and their tunable parameters")
     methods.add_argument("--preset", default="paper", choices=["paper", "tiny"])

@@ -55,32 +55,106 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_")
 
 
-def run_job(job: Job, log_dir: Path, threads: int, gpu: str | None = None) -> Outcome:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def _environment(threads: int | None, gpu: str | None = None) -> dict:
+    """What a job's environment adds to the one it starts in (on a cluster node: the node's, SLURM's included)."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    log = log_dir / f"{_slug(job.name)}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    return env
+
+
+def run_command(argv: list, log: str, extra_env: dict | None = None, nproc: int = 1) -> int:
+    """One harness command, output into `log`; `nproc` > 1 runs it under torchrun (DDP, one process per GPU). Also
+    what a submitit job executes on its node."""
+    command = [sys.executable, "-m", "harness.cli", *argv]
+    if nproc > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "harness.cli", *argv]
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        out.write(f"$ harness {' '.join(job.argv)}\n")
+        out.write(f"$ harness {' '.join(argv)}\n")
         out.flush()
-        proc = subprocess.run([sys.executable, "-m", "harness.cli", *job.argv], stdout=out, stderr=subprocess.STDOUT,
-                              env=env)
-    seconds = time.perf_counter() - t0
-    text = log.read_text(errors="replace")
-    if proc.returncode != 0:
+        return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(extra_env or {})}).returncode
+
+
+def _outcome(job: Job, returncode: int, seconds: float, log: Path, message: str = "") -> Outcome:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    if returncode != 0:
         lines = [line for line in text.splitlines() if line.startswith("error:")] or text.splitlines()[-1:]
-        message = (lines or [f"exit {proc.returncode}"])[-1]
+        message = message or (lines or [f"exit {returncode}"])[-1]
         return Outcome(job.name, list(job.argv), "failed", seconds, message, str(log))
     status = "skipped" if SKIPPED_MARK.search(text) else "ok"
     return Outcome(job.name, list(job.argv), status, seconds, "", str(log))
 
 
+def run_job(job: Job, log_dir: Path, threads: int, gpu: str | None = None) -> Outcome:
+    log = log_dir / f"{_slug(job.name)}.log"
+    t0 = time.perf_counter()
+    returncode = run_command(list(job.argv), str(log), _environment(threads, gpu))
+    return _outcome(job, returncode, time.perf_counter() - t0, log)
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+class Submitit:
+    """Runs and profiles as submitit jobs (`--launcher slurm`, or `local` / `debug`: submitit's own executors, for
+    a machine without SLURM), one job each, all of a phase submitted at once; barrier jobs (tables, pretraining,
+    selection, floors) stay on this machine. Each job writes its own record atomically, as locally."""
+
+    def __init__(self, cluster: str, folder, partition: str | None = None, gpus_per_job: int = 0,
+                 time_min: int | None = None, threads: int | None = None):
+        from harness.errors import HarnessError
+
+        try:
+            import submitit
+        except ImportError:
+            raise HarnessError("--launcher needs submitit, which is not installed: pip install submitit") from None
+        if cluster == "slurm" and not partition:
+            raise HarnessError("--launcher slurm needs --partition P (the SLURM partition to submit to)")
+        self.cluster, self.gpus, self.threads = cluster, gpus_per_job, threads
+        try:
+            self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+        except Exception as err:  # e.g. no srun on this machine: not a SLURM login node
+            raise HarnessError(f"--launcher {cluster}: {_first_line(err)}") from None
+        params = {"timeout_min": time_min, "gpus_per_node": gpus_per_job or None, "nodes": 1, "tasks_per_node": 1,
+                  "name": "rec-petl-bench"}
+        if cluster == "slurm":
+            params["slurm_partition"] = partition
+        self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+
+    def run(self, phase: list[Job], log_dir: Path) -> list[Outcome]:
+        from harness.errors import HarnessError
+
+        logs = [log_dir / f"{_slug(job.name)}.log" for job in phase]
+        nprocs = [self.gpus if job.argv[0] == "run" and self.gpus > 1 else 1 for job in phase]
+        t0 = time.perf_counter()
+        try:
+            handles = [self.executor.submit(run_command, list(job.argv), str(log.resolve()),
+                                            _environment(self.threads), nproc)
+                       for job, log, nproc in zip(phase, logs, nprocs)]
+        except Exception as err:  # sbatch missing or refusing: say so in one line
+            raise HarnessError(f"--launcher {self.cluster}: submitting failed: {_first_line(err)}") from None
+        outcomes = []
+        for job, log, handle in zip(phase, logs, handles):
+            try:
+                returncode, message = handle.result(), ""
+            except Exception as err:  # the job died (timeout, node failure, preemption): submitit's reason
+                returncode = 1
+                message = f"submitit job {handle.job_id}: {_first_line(err)}"
+            outcomes.append(_outcome(job, returncode, time.perf_counter() - t0, log, message))
+        return outcomes
+
+
 def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: list[str] | None = None,
-            log=print) -> list[Outcome]:
-    """Every job, phase by phase; within a phase up to `workers` at once (one per GPU when `gpus` is given)."""
+            log=print, launcher: Submitit | None = None) -> list[Outcome]:
+    """Every job, phase by phase; within a phase up to `workers` at once (one per GPU when `gpus` is given), or
+    all of it submitted through `launcher`."""
     log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
     outcomes, done = [], 0
     free = queue.Queue()
     for gpu in gpus or []:
@@ -96,12 +170,16 @@ def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: 
                 free.put(gpu)
 
     for phase in phases(jobs):
-        with ThreadPoolExecutor(max_workers=max(1, min(width, len(phase)))) as pool:
-            for outcome in pool.map(one, phase):
-                done += 1
-                outcomes.append(outcome)
-                note = f" ({outcome.message})" if outcome.message else ""
-                log(f"[{done}/{len(jobs)}] {outcome.status:<7} {outcome.seconds:7.1f} s  {outcome.job}{note}")
+        if launcher is not None and not phase[0].barrier:
+            results = launcher.run(phase, log_dir)
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, min(width, len(phase)))) as pool:
+                results = list(pool.map(one, phase))
+        for outcome in results:
+            done += 1
+            outcomes.append(outcome)
+            note = f" ({outcome.message})" if outcome.message else ""
+            log(f"[{done}/{len(jobs)}] {outcome.status:<7} {outcome.seconds:7.1f} s  {outcome.job}{note}")
     return outcomes
 
 
@@ -129,7 +207,7 @@ def suite_record(name: str, path: str, outcomes: list[Outcome], wall_s: float, w
 
 def run_suite(name: str, variables: dict | None = None, workers: int | None = None, threads: int | None = None,
               gpus: list[str] | None = None, force: bool = False, dry_run: bool = False, logs=None, record=None,
-              seeds: list[int] | None = None, log=print) -> dict | None:
+              seeds: list[int] | None = None, log=print, launcher: dict | None = None) -> dict | None:
     """`harness suite NAME`: expand, execute, summarise, write the suite record; HarnessError if a job failed."""
     from harness.errors import HarnessError
     from harness.records import write_json_atomic
@@ -144,18 +222,28 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
         for job in jobs:
             log(("-- barrier -- " if job.barrier else "") + "harness " + " ".join(job.argv))
         return None
-    workers = workers or (len(gpus) if gpus else 2)
-    threads = threads or max(1, (os.cpu_count() or 2) // workers)
-    if workers < 1 or threads < 1:
-        raise HarnessError(f"--workers and --threads must be >= 1 (got {workers}, {threads})")
     name = Path(suite["path"]).stem
     logs = Path(logs or f"runs/suite-logs/{name}")
-    log(f"suite {name}: {len(jobs)} jobs, {workers} at a time, {threads} torch thread(s) each"
-        + (f", GPUs {','.join(gpus)}" if gpus else "") + f"; logs in {logs}/")
+    if launcher:  # runs and profiles go to submitit; the job's allocation decides their threads unless --threads
+        submit = Submitit(folder=launcher.get("folder") or logs / "submitit", threads=threads,
+                          **{k: v for k, v in launcher.items() if k != "folder"})
+        workers = 1
+        log(f"suite {name}: {len(jobs)} jobs, runs and profiles through submitit ({launcher['cluster']}); "
+            f"logs in {logs}/")
+    else:
+        submit = None
+        workers = workers or (len(gpus) if gpus else 2)
+        threads = threads or max(1, (os.cpu_count() or 2) // workers)
+        if workers < 1 or threads < 1:
+            raise HarnessError(f"--workers and --threads must be >= 1 (got {workers}, {threads})")
+        log(f"suite {name}: {len(jobs)} jobs, {workers} at a time, {threads} torch thread(s) each"
+            + (f", GPUs {','.join(gpus)}" if gpus else "") + f"; logs in {logs}/")
     start = time.perf_counter()
-    outcomes = execute(jobs, logs, workers=workers, threads=threads, gpus=gpus, log=log)
+    outcomes = execute(jobs, logs, workers=workers, threads=threads, gpus=gpus, log=log, launcher=submit)
     wall = time.perf_counter() - start
     result = suite_record(name, suite["path"], outcomes, wall, workers, threads, gpus)
+    if launcher:
+        result["machine"]["launcher"] = {k: str(v) for k, v in launcher.items()}
     path = write_json_atomic(record or f"results/suites/{name}.json", result)
     log(summary(name, outcomes, wall) + f"\nsuite record: {path}")
     if result["failed"]:

@@ -100,8 +100,12 @@ def parse_sets(items, method_config_cls, recipe_cls, method_label: str = "method
     return check_values(method_config_cls, method, method_label), check_values(recipe_cls, recipe, "recipe")
 
 
+def yaml_value(value) -> str:
+    """A value as --set takes it: YAML that reads back as the same value (1e-05 alone is a string to PyYAML)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def overrides_tag(method: dict, recipe: dict) -> str | None:
     """A run-id suffix naming the --set overrides (file-name safe), so that variants never share a run id."""
-    parts = [f"{k}-{yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-             for section in (recipe, method) for k, v in sorted(section.items())]
+    parts = [f"{k}-{yaml_value(v)}" for section in (recipe, method) for k, v in sorted(section.items())]
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "", "_".join(parts)) or None

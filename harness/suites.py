@@ -10,9 +10,12 @@ A suite file:
       - table: {}
 
 A job is a mapping of one subcommand to its flags (`key: value` -> `--key value`, `true` -> `--key`, a list in
-`method` / `dataset` expands to one job per value, `method: all` to every registered method). `{var}` in a value
-is filled from the suite's `vars:` and the command line's `--var KEY=VALUE`. `table` and `pretrain` jobs are
-barriers: every job before them finishes first. The executor (harness/executor.py) decides how the jobs run.
+`method` / `dataset` / `seed` expands to one job per value, `method: all` to every registered method). A run job's
+`grid: {OPTION: [values]}` expands to one job per value with `--set OPTION=value`; a grid over `lr_encoder` gives a
+method without encoder-side parameters (frozen) one job without it, as it has nothing to tune. `{var}` in a value
+is filled from the suite's `vars:` and the command line's `--var KEY=VALUE` (a comma-separated VALUE is a list).
+`table`, `pretrain`, `data` and `select` jobs are barriers: every job before them finishes first. The executor
+(harness/executor.py) decides how the jobs run.
 """
 from __future__ import annotations
 
@@ -24,11 +27,12 @@ from pathlib import Path
 import yaml
 
 from harness.errors import HarnessError
+from harness.options import yaml_value
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
-COMMANDS = ("run", "profile", "table", "pretrain", "data")
-BARRIERS = ("table", "pretrain", "data")
-EXPANDED = ("method", "dataset")
+COMMANDS = ("run", "profile", "table", "pretrain", "data", "select")
+BARRIERS = ("table", "pretrain", "data", "select")
+EXPANDED = ("method", "dataset", "seed")
 
 
 @dataclass(frozen=True)
@@ -103,18 +107,48 @@ def expand(suite: dict, variables: dict | None = None, methods: list[str] | None
             axes.append([(key, v) for v in (value if isinstance(value, list) else [value])] if value is not None
                         else [None])
         if seeds and command == "run":
-            flags.pop("seed", None)
-            axes.append([("seed", v) for v in seeds])
+            axes[EXPANDED.index("seed")] = [("seed", v) for v in seeds]
+        grid = _grid(flags.pop("grid", None), command, where)
+        base_set = _as_list(flags.pop("set", None))
         subcommand = flags.pop("subcommand", None)  # `data` jobs: data synth / data prepare ...
-        for combo in itertools.product(*axes):
+        for *combo, point in itertools.product(*axes, grid):
             picked = dict(c for c in combo if c)
-            argv = [command] + ([str(subcommand)] if subcommand else [])
-            for key, value in {**picked, **flags}.items():
-                argv += _flag(key, value)
             label = "_".join(str(v) for v in picked.values())
+            sets = base_set
+            if point and (point[0] != "lr_encoder" or tunes_encoder_side(picked.get("method"))):
+                sets = [*base_set, f"{point[0]}={yaml_value(point[1])}"]
+                label += f"_{sets[-1]}"
+            elif point and point != grid[0]:
+                continue  # nothing to tune: one job, without the override
+            argv = [command] + ([str(subcommand)] if subcommand else [])
+            for key, value in {**picked, **flags, "set": sets or None}.items():
+                argv += _flag(key, value)
             jobs.append(Job(name=f"{command}{' ' + label if label else ''}", argv=tuple(argv),
                             barrier=command in BARRIERS))
     return jobs
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _grid(grid, command: str, where: str) -> list:
+    """[(option, value), ...] of a run job's `grid:`, or [None] (one job) without one."""
+    if grid is None:
+        return [None]
+    if command != "run" or not isinstance(grid, dict) or len(grid) != 1:
+        raise HarnessError(f"{where}: `grid:` belongs to a run job and is one {{OPTION: [values]}} mapping")
+    (option, values), = grid.items()
+    values = _as_list(values)
+    if not values:
+        raise HarnessError(f"{where}: grid {option} has no values")
+    return [(option, v) for v in values]
+
+
+def tunes_encoder_side(method: str | None) -> bool:
+    from methods import method_class
+
+    return method is None or method_class(method).tunes_encoder_side
 
 
 def _fill(value, variables: dict):
@@ -123,4 +157,6 @@ def _fill(value, variables: dict):
         return variables[whole.group(1)] if whole else value.format_map(variables)  # "{x}" keeps x's type (null)
     if isinstance(value, list):
         return [_fill(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, variables) for k, v in value.items()}
     return value

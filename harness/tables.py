@@ -60,6 +60,8 @@ SEED_TAG = re.compile(r"^seed\d+$")
 def row_name(r: dict) -> str:
     """The method, plus the run's tag when it has one (`harness run --tag`: variants such as M2IST's forms), without
     the seed: the runs of one configuration with different seeds share a row."""
+    if "row" in r:  # set by selected_runs
+        return r["row"]
     prefix = "_".join((r["dataset"].replace("+", "plus"), r["method"], r["preset"]))
     tag = r["run_id"][len(prefix):].strip("_") if r["run_id"].startswith(prefix) else ""
     tag = "_".join(t for t in tag.split("_") if t and not SEED_TAG.match(t))
@@ -372,7 +374,27 @@ def _markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True) if len(table) else "(no records)"
 
 
-def build_tables(runs="results/runs", profiles="results/profile", out="results") -> list[Path]:
+def selected_runs(path) -> tuple[list[dict], str]:
+    """The run records of each method's configuration a `harness select` file chose (every seed), as rows named
+    'METHOD (selected on val)', and a provenance line saying how they were chosen."""
+    from harness.sweep import read_selection
+
+    sel = read_selection(path)
+    key, rows = sel["key"], []
+    for r in read_folder(sel["runs"]):
+        entry = sel["methods"].get(r.get("method"))
+        if r["kind"] != "run" or r["dataset"] != sel["dataset"] or entry is None:
+            continue
+        overrides = r.get("overrides") or {}
+        wanted = {} if entry["chosen"] is None else {key: entry["chosen"]}
+        if overrides.get("recipe", {}) == wanted and not overrides.get("method"):
+            rows.append({**r, "row": f"{r['method']} (selected on val)"})
+    return rows, (f"- selected on val: rows '(selected on val)' train the {key} chosen as: {sel['rule']} "
+                  f"(`harness select`, {path}; grid and seeds in {sel['runs']}); the other rows use each method's "
+                  "published rates (methods/*.yaml)\n")
+
+
+def build_tables(runs="results/runs", profiles="results/profile", out="results", selected=None) -> list[Path]:
     if not Path(runs).is_dir():  # a typo must not replace the committed tables with empty ones
         raise HarnessError(f"run record folder {runs} does not exist: pass --runs with the folder of run records")
     records = read_folder(runs)
@@ -380,14 +402,16 @@ def build_tables(runs="results/runs", profiles="results/profile", out="results")
     floors = [r for r in records if r["kind"] == "baseline"]
     all_profiles = [r for r in read_folder(profiles) if r["kind"] == "profile"]
     command = f"harness table --runs {runs} --profiles {profiles} --out {out}"
+    chosen, how = selected_runs(selected) if selected else ([], "")
+    command += f" --selected {selected}" if selected else ""
     out = Path(out)
 
-    mains = main_tables(all_runs, floors)
+    mains = main_tables(all_runs + chosen, floors)
     used = [r for _, _, recs in mains for r in recs]
     text = provenance(
         "Main results: Acc@0.5 (%)", used, [COUNTING], command,
         "Columns named 'synthetic (X-style)' come from the generated synthetic set in X's index format; they "
-        "are not RefCOCO / RefCOCO+ / RefCOCOg / ReferItGame results and must never be reported as such.")
+        "are not RefCOCO / RefCOCO+ / RefCOCOg / ReferItGame results and must never be reported as such.") + how
     for heading, table, recs in mains:
         text += f"\n## {heading}\n\n{_markdown(table)}\n"
         bad = sorted(f"{r['run_id']} ({r['status']})" for r in recs if r["status"] != "ok")

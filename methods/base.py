@@ -18,6 +18,7 @@ class Method:
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `harness methods`
     Config: ClassVar[type] = MethodConfig
+    tunes_encoder_side: ClassVar[bool] = True  # False: no encoder-side parameters, so lr_encoder changes nothing
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

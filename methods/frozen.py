@@ -8,6 +8,7 @@ from methods.base import Method, freeze_encoders
 class Frozen(Method):
     name = "frozen"
     summary = "encoders frozen (no autograd); only V-L fusion and head train"
+    tunes_encoder_side = False
 
     @property
     def encoders_need_grad(self) -> bool:

@@ -1,0 +1,126 @@
+"""Learning-rate selection on val (the sweep suite, `harness select`), and what a run reads back from it.
+
+Protocol (suites/sweep.yaml): each method's encoder-side learning rate (`lr_encoder`: its PETL modules, or the
+encoders themselves for full fine-tuning) is trained over a grid at seed 13; for each method the value with the best
+Acc@0.5 on the dataset's val split is chosen (ties: the smaller rate); the chosen configuration then trains with
+more seeds. Only the val split is read: test splits never choose anything. Methods without encoder-side parameters
+(frozen) have nothing to tune and keep their published configuration. The fusion and head keep the recipe's rate.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets.catalog import get_spec
+from harness.errors import HarnessError
+from harness.options import yaml_value
+from harness.records import now, read_record, write_json_atomic
+
+SELECTION_KIND = "selection"
+
+
+def _value(record: dict, key: str):
+    """The grid value a run trained with: its --set override of `key`, or None (the published setting)."""
+    return (record.get("overrides") or {}).get("recipe", {}).get(key)
+
+
+def select(runs, dataset: str, key: str = "lr_encoder", seed: int = 13) -> dict:
+    """The selection over the ok run records of `dataset` in folder `runs` at `seed`: per method, val Acc@0.5 per
+    grid value and the chosen value (reads results[val] only)."""
+    val = get_spec(dataset).eval_splits[0]
+    folder = Path(runs)
+    if not folder.is_dir():
+        raise HarnessError(f"run record folder {runs} does not exist: run the sweep's grid first")
+    grids: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.json")):
+        r = read_record(path)
+        if r["kind"] != "run" or r["status"] != "ok" or r["dataset"] != dataset or r["recipe"].get("seed") != seed:
+            continue
+        others = {k: v for k, v in (r.get("overrides") or {}).get("recipe", {}).items() if k != key}
+        if others or (r.get("overrides") or {}).get("method"):
+            continue  # a variant, not a point of this grid
+        grids.setdefault(r["method"], {})[_value(r, key)] = r["results"][val]["accuracy"]
+    if not grids:
+        raise HarnessError(f"no finished {dataset} runs at seed {seed} in {runs}: run the sweep's grid first")
+    methods = {}
+    for method, grid in sorted(grids.items()):
+        tuned = {v: acc for v, acc in grid.items() if v is not None}
+        if tuned:  # best val accuracy; ties go to the smaller rate
+            chosen = min(tuned, key=lambda v: (-tuned[v], v))
+            methods[method] = {"chosen": chosen, "val_accuracy": tuned[chosen],
+                               "grid": {f"{v:g}": tuned[v] for v in sorted(tuned)}}
+        else:  # nothing tuned (frozen): the published setting
+            methods[method] = {"chosen": None, "val_accuracy": grid[None], "grid": {}}
+    return {"kind": SELECTION_KIND, "key": key, "dataset": dataset, "split": val, "seed": seed,
+            "runs": str(runs), "methods": methods, "created_at": now(),
+            "rule": f"per method, the {key} with the highest {dataset} {val} Acc@0.5 at seed {seed} (ties: the "
+                    "smaller); test splits are not read"}
+
+
+def read_selection(path) -> dict:
+    try:
+        selection = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"selection file {path} does not exist: run `harness select` (the sweep suite) "
+                           "first") from None
+    except (OSError, ValueError) as err:
+        raise HarnessError(f"selection file {path} is unreadable ({type(err).__name__}): rerun `harness "
+                           "select`") from None
+    if not isinstance(selection, dict) or selection.get("kind") != SELECTION_KIND:
+        raise HarnessError(f"{path} is not a selection file (kind {SELECTION_KIND!r}, written by `harness select`)")
+    return selection
+
+
+def selected_set(path, method: str) -> list[str]:
+    """The --set overrides that give `method` its selected configuration (none where nothing was tuned)."""
+    selection = read_selection(path)
+    if method not in selection["methods"]:
+        raise HarnessError(f"{path} selects nothing for method '{method}' (it has "
+                           f"{', '.join(selection['methods'])}): add the method to the sweep's grid")
+    chosen = selection["methods"][method]["chosen"]
+    return [] if chosen is None else [f"{selection['key']}={yaml_value(chosen)}"]
+
+
+def sensitivity_plot(selection: dict, path) -> Path:
+    """Val Acc@0.5 against the tuned rate, one line per method, the chosen point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, entry in selection["methods"].items():
+        if not entry["grid"]:
+            ax.axhline(100 * entry["val_accuracy"], ls=":", lw=1, color="grey")
+            ax.annotate(f"{method} (nothing to tune)", (0.01, 100 * entry["val_accuracy"]),
+                        xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
+            continue
+        xs = [float(v) for v in entry["grid"]]
+        line, = ax.plot(xs, [100 * a for a in entry["grid"].values()], marker="o", label=method)
+        ax.plot([entry["chosen"]], [100 * entry["val_accuracy"]], marker="*", ms=12, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{selection['key']} (encoder-side learning rate)")
+    ax.set_ylabel(f"{selection['dataset']} {selection['split']} Acc@0.5 (%)")
+    ax.set_title(f"Sensitivity at seed {selection['seed']} (star: selected on {selection['split']})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def run_select(runs, dataset: str, out, key: str = "lr_encoder", seed: int = 13) -> dict:
+    """`harness select`: the selection file and the sensitivity plot beside it."""
+    selection = select(runs, dataset, key, seed)
+    out = Path(out)
+    write_json_atomic(out, selection)
+    sensitivity_plot(selection, out.with_name("sensitivity.png"))
+    for method, entry in selection["methods"].items():
+        grid = ", ".join(f"{v}: {100 * a:.2f}" for v, a in entry["grid"].items()) or "nothing to tune"
+        chosen = "published" if entry["chosen"] is None else f"{key} {entry['chosen']:g}"
+        print(f"{method}: {chosen} (val {100 * entry['val_accuracy']:.2f}; grid {grid})")
+    return selection
+
