@@ -4,26 +4,17 @@ import json
 import pytest
 import yaml
 
-from datasets.synth import ensure_synthetic
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.suites import expand, load_suite, suite_names
 
-IMAGES = 12
-
 
 @pytest.fixture
-def tiny_suite(tmp_path, monkeypatch):
-    """A suite of tiny runs on a small synthetic set in a cache of the test's own (subprocesses read the env)."""
-    cache = tmp_path / "cache"
-    ensure_synthetic(cache, seed=13, images=IMAGES)
-    monkeypatch.setenv("REC_BENCH_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
+def tiny_suite(tmp_path, tiny_run_flags):
+    """A suite of tiny runs (conftest.tiny_run_flags) and a table of them."""
     def write(methods, name="s", out="rec"):
-        flags = {"method": methods, "dataset": "unc", "random_init": True, "synthetic_images": IMAGES,
-                 "device": "cpu", "epochs": 1, "max_steps": 2, "batch_size": 4, "num_workers": 0, "skip_done": True,
-                 "output": str(tmp_path / out), "work_dir": str(tmp_path / "work" / out)}
+        flags = {**tiny_run_flags, "method": methods, "output": str(tmp_path / out),
+                 "work_dir": str(tmp_path / "work" / out)}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({"description": "test", "jobs": [{"run": flags},
                                         {"table": {"runs": str(tmp_path / out), "out": str(tmp_path / "tables")}}]}))

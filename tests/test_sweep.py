@@ -5,14 +5,11 @@ import json
 import pytest
 import yaml
 
-from datasets.synth import ensure_synthetic
 from harness import sweep
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.records import write_json_atomic
 from harness.suites import expand, load_suite
-
-IMAGES = 12
 
 
 def test_sweep_suite_grids_every_tunable_method_then_seeds_the_choice():
@@ -86,16 +83,6 @@ def test_selection_is_chosen_on_val_and_never_reads_a_test_split(tmp_path, monke
         sweep.selected_set(tmp_path / "missing.json", "lora")
 
 
-@pytest.fixture
-def tiny_env(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    ensure_synthetic(cache, seed=13, images=IMAGES)
-    monkeypatch.setenv("REC_BENCH_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return {"dataset": "unc", "random_init": True, "synthetic_images": IMAGES, "device": "cpu", "epochs": 1,
-            "max_steps": 2, "batch_size": 4, "num_workers": 0, "skip_done": True}
-
-
 def _sweep_file(tmp_path, flags, methods=("lora",), grid=(1.0e-4, 1.0e-3)):
     out, work = str(tmp_path / "sweep" / "runs"), str(tmp_path / "work")
     sel = str(tmp_path / "sweep" / "selection.json")
@@ -112,11 +99,11 @@ def _sweep_file(tmp_path, flags, methods=("lora",), grid=(1.0e-4, 1.0e-3)):
 
 
 @pytest.mark.parametrize("launcher", ["local", "debug"])
-def test_a_sweep_through_submitits_executor_finds_every_record(tiny_env, tmp_path, launcher):
+def test_a_sweep_through_submitits_executor_finds_every_record(tiny_run_flags, tmp_path, launcher):
     """The submission path with submitit's own executors (local: one process per job, as on a node; debug: in this
     process): both grid points, the selection, the chosen configuration's second seed, and the tables."""
     (tmp_path / "published").mkdir()
-    path, out = _sweep_file(tmp_path, tiny_env)
+    path, out = _sweep_file(tmp_path, tiny_run_flags)
     argv = ["suite", str(path), "--logs", str(tmp_path / "logs"), "--record", str(tmp_path / "suite.json"),
             "--launcher", launcher, "--time", "10"]
     assert main(argv) == 0
@@ -134,8 +121,8 @@ def test_a_sweep_through_submitits_executor_finds_every_record(tiny_env, tmp_pat
     assert "| lora (selected on val) |" in main_md and "(n=2)" in main_md  # seeds 13 and 14: mean +- std
 
 
-def test_launcher_problems_are_one_line(tiny_env, tmp_path, capsys, monkeypatch):
-    path, _ = _sweep_file(tmp_path, tiny_env)
+def test_launcher_problems_are_one_line(tiny_run_flags, tmp_path, capsys, monkeypatch):
+    path, _ = _sweep_file(tmp_path, tiny_run_flags)
     base = ["suite", str(path), "--logs", str(tmp_path / "logs"), "--record", str(tmp_path / "suite.json")]
     assert main([*base, "--launcher", "slurm"]) == 2
     assert "needs --partition" in capsys.readouterr().err
