@@ -1,8 +1,9 @@
 """TransVG's image/box/text transforms, on a dict {'img': image, 'box': xyxy float tensor, 'text': str}.
 
 The image is a PIL image (the eval pipeline, as TransVG) or a uint8 CHW tensor (the training pipeline: decoded
-by PIL, then resampled by torchvision's uint8 kernels, about 4x faster than PIL's resize and within 2 levels). Both end in a uint8 canvas: 'img' is the (3, size, size) image pasted into zeros, 'mask' is True
-on padding, and the box is normalised (cx, cy, w, h) in that square. The float conversion, ImageNet normalisation
+by PIL, then resampled by torchvision's uint8 kernels, about 4x faster than PIL's resize and within 2 levels).
+Both end in a uint8 canvas: 'img' is the (3, size, size) image pasted into zeros, 'mask' is True on padding, and
+the box is normalised (cx, cy, w, h) in that square. The float conversion, ImageNet normalisation
 and, on CUDA, the colour jitter run on the batch (`normalize_images`), so that a loader worker only decodes,
 resamples and pastes: ToTensor + Normalize + pad cost ~6 ms of a worker's ~11 ms per 640 px sample. Pixel
 constants are TransVG's at 640 px and scale with image_size / 640. All randomness comes from Python's `random`
