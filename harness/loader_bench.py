@@ -121,13 +121,13 @@ def per_worker(dataset, samples: int | None = None, seed: int = 13) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a DataLoader worker runs with
     try:
-        rates = {}
-        for name, make in _variants(dataset).items():
+        rates, variants = {}, _variants(dataset)
+        for name, make in variants.items():
             random.seed(seed)
             torch.manual_seed(seed)
             rates[name] = _rate(make, n)
         floor = _rate(decode, n)
-        batch = collate([_variants(dataset)["+ colour jitter on the batch (CUDA runs)"](i) for i in range(16)])
+        batch = collate([list(variants.values())[-1](i) for i in range(16)])  # with the jitter's draws
         batch_ms = {
             "normalise": 1000 / _rate(lambda _: normalize_images(batch["image"], batch["image_mask"]), 4) / 16,
             "jitter + normalise": 1000 / _rate(lambda _: normalize_images(batch["image"], batch["image_mask"],
