@@ -181,15 +181,11 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
                 "runtime": recipe.runtime, "frozen_chunk": recipe.frozen_chunk, "recipe": asdict(recipe),
                 "steps": steps, "warmup": warmup, "seed": seed, "flops": flops, "train_size": size}
     done = Path(output) / f"{name}.json"
-    if skip_done and write and done.is_file():
-        try:
-            previous = records.read_record(done)
-        except HarnessError:
-            previous = None  # unreadable: measure again
-        if previous and previous["status"] == "ok" and previous["config_hash"] == records.config_hash(identity):
-            print(f"{name}: up to date ({done}), skipped")
-            previous["path"] = str(done)
-            return previous
+    previous = records.up_to_date(done, records.config_hash(identity)) if skip_done and write else None
+    if previous:
+        print(f"{name}: up to date ({done}), skipped")
+        previous["path"] = str(done)
+        return previous
 
     seed_everything(seed)
     model = build_model(preset, max_query_len=spec.max_query_len)  # BERT vocabulary (30,522) by default

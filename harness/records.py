@@ -142,6 +142,19 @@ def read_record(path) -> dict:
     return validate_record(record, str(path))
 
 
+def up_to_date(path, config_hash: str) -> dict | None:
+    """The record at `path` if it finished ("ok") with this configuration hash; None if it is missing, unreadable,
+    failed or of another configuration (the `--skip-done` test of runs and profiles)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        previous = read_record(path)
+    except HarnessError:
+        return None  # unreadable: redo it
+    return previous if previous["status"] == "ok" and previous["config_hash"] == config_hash else None
+
+
 def load_records(folder) -> list[dict]:
     folder = Path(folder)
     if not folder.is_dir():

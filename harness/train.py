@@ -242,15 +242,11 @@ def run(cfg: RunConfig) -> dict:
     chash = records.config_hash(identity)
     run_dir = Path(cfg.work_dir) / cfg.run_id
     done = Path(cfg.output) / f"{cfg.run_id}.json"
-    if cfg.skip_done and done.exists():
-        try:
-            previous = records.read_record(done)
-        except HarnessError:
-            previous = None  # unreadable: redo it
-        if previous and previous["status"] == "ok" and previous["config_hash"] == chash:
-            if rank == 0:
-                print(f"{cfg.run_id}: up to date ({done}), skipped")
-            return previous
+    previous = records.up_to_date(done, chash) if cfg.skip_done else None
+    if previous:
+        if rank == 0:
+            print(f"{cfg.run_id}: up to date ({done}), skipped")
+        return previous
 
     with RunLock(run_dir, rank):  # held until the record is written
         image_size = get_config(cfg.preset).image_size  # the data is checked before the model is built
