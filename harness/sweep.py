@@ -19,9 +19,17 @@ from harness.records import now, read_record, write_json_atomic
 SELECTION_KIND = "selection"
 
 
-def _value(record: dict, key: str):
-    """The grid value a run trained with: its --set override of `key`, or None (the published setting)."""
-    return (record.get("overrides") or {}).get("recipe", {}).get(key)
+NOT_ON_GRID = object()
+
+
+def grid_value(record: dict, key: str):
+    """The `key` a run trained with as a point of the grid: its --set override, None where it has none (the
+    published setting), NOT_ON_GRID for a variant (any other override)."""
+    overrides = record.get("overrides") or {}
+    recipe = overrides.get("recipe") or {}
+    if overrides.get("method") or set(recipe) - {key}:
+        return NOT_ON_GRID
+    return recipe.get(key)
 
 
 def select(runs, dataset: str, key: str = "lr_encoder", seed: int = 13) -> dict:
@@ -36,10 +44,9 @@ def select(runs, dataset: str, key: str = "lr_encoder", seed: int = 13) -> dict:
         r = read_record(path)
         if r["kind"] != "run" or r["status"] != "ok" or r["dataset"] != dataset or r["recipe"].get("seed") != seed:
             continue
-        others = {k: v for k, v in (r.get("overrides") or {}).get("recipe", {}).items() if k != key}
-        if others or (r.get("overrides") or {}).get("method"):
-            continue  # a variant, not a point of this grid
-        grids.setdefault(r["method"], {})[_value(r, key)] = r["results"][val]["accuracy"]
+        value = grid_value(r, key)
+        if value is not NOT_ON_GRID:
+            grids.setdefault(r["method"], {})[value] = r["results"][val]["accuracy"]
     if not grids:
         raise HarnessError(f"no finished {dataset} runs at seed {seed} in {runs}: run the sweep's grid first")
     methods = {}

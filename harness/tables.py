@@ -377,17 +377,13 @@ def _markdown(table: pd.DataFrame) -> str:
 def selected_runs(path) -> tuple[list[dict], str]:
     """The run records of each method's configuration a `harness select` file chose (every seed), as rows named
     'METHOD (selected on val)', and a provenance line saying how they were chosen."""
-    from harness.sweep import read_selection
+    from harness.sweep import grid_value, read_selection
 
     sel = read_selection(path)
     key, rows = sel["key"], []
     for r in read_folder(sel["runs"]):
         entry = sel["methods"].get(r.get("method"))
-        if r["kind"] != "run" or r["dataset"] != sel["dataset"] or entry is None:
-            continue
-        overrides = r.get("overrides") or {}
-        wanted = {} if entry["chosen"] is None else {key: entry["chosen"]}
-        if overrides.get("recipe", {}) == wanted and not overrides.get("method"):
+        if r["kind"] == "run" and r["dataset"] == sel["dataset"] and entry and grid_value(r, key) == entry["chosen"]:
             rows.append({**r, "row": f"{r['method']} (selected on val)"})
     return rows, (f"- selected on val: rows '(selected on val)' train the {key} chosen as: {sel['rule']} "
                   f"(`harness select`, {path}; grid and seeds in {sel['runs']}); the other rows use each method's "
