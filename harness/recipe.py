@@ -31,7 +31,7 @@ class Recipe:
     #   attention through nn.MultiheadAttention with need_weights=True and BERT's explicit attention (both keep
     #   the N x N attention maps for backward), no BatchNorm folding, no channels-last, no cuDNN autotuning;
     # - `runtime: optimized` = frozen BatchNorms folded into their convolutions, fused attention kernels (SDPA),
-    #   channels-last convolutions and cuDNN autotuning on CUDA;
+    #   channels-last convolutions, and cuDNN autotuning on CUDA;
     # - `frozen_chunk`: frozen encoders run without autograd in chunks of this many samples (None = whole batch);
     # - `checkpoint_fusion`: activation checkpointing of the V-L fusion, one segment per layer: each layer keeps only
     #   its input for backward and recomputes the rest (dropout masks replayed), trading compute for memory.

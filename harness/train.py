@@ -102,7 +102,9 @@ def init_distributed() -> tuple[int, int]:
 def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
     """The recipe's runtime settings (runtime, frozen_chunk, checkpoint_fusion), after the method is applied."""
     if recipe.runtime == "optimized":
-        model.optimize_for_training(channels_last=device.type == "cuda")
+        # channels-last on CPU too: oneDNN's convolutions skip a layout reorder per call (tiny unc, one thread,
+        # A/B in one process, median of 40 steps: frozen 105 -> 88 ms, m2ist 135 -> 118, full 165 -> 139)
+        model.optimize_for_training(channels_last=True)
     else:  # released: explicit attention that keeps its N x N maps, as nn.MultiheadAttention(need_weights=True)
         model.set_eager_attention(True)
     if device.type == "cuda":  # fixed input shapes: pick the fastest convolution once (not in the released code)
