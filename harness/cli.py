@@ -186,6 +186,8 @@ def _cmd_profile(args):
               f"{out['num_workers']} workers): {out['samples_per_s']:.1f} samples/s over {out['batches']} batches\n"
               + "per worker (samples/s, one thread):\n"
               + "".join(f"  {rate:7.1f}  {name}\n" for name, rate in w["variants_samples_per_s"].items())
+              + f"  {w['cpu_pipeline_decoded_once_samples_per_s']:7.1f}  CPU runs' pipeline with the images kept "
+              "decoded (synthetic set, no workers)\n"
               + f"  {w['decode_floor_samples_per_s']:7.1f}  decode-only floor (PIL) on the same {w['samples']} files "
               f"({w['mean_jpeg_kib']:.0f} KiB mean)\n"
               f"speed-up {w['speedup']:.2f}x; now {100 * w['pipeline_share_of_floor']:.0f}% of the floor; the batch "

@@ -252,11 +252,13 @@ def run(cfg: RunConfig) -> dict:
 
     with RunLock(run_dir, rank):  # held until the record is written
         image_size = get_config(cfg.preset).image_size  # the data is checked before the model is built
+        # a synthetic set is small and, with no workers, read in this process all run long: decode it once
+        cache = data_kind == "synthetic" and recipe.num_workers == 0
         train_set = RECDataset(paths, cfg.dataset, "train", tokenizer, image_size, train=True,
                                augment=recipe.augment, max_query_len=spec.max_query_len,
-                               defer_jitter=device.type == "cuda")
+                               defer_jitter=device.type == "cuda", cache_images=cache)
         eval_sets = {s: RECDataset(paths, cfg.dataset, s, tokenizer, image_size, train=False,
-                                   max_query_len=spec.max_query_len) for s in spec.eval_splits}
+                                   max_query_len=spec.max_query_len, cache_images=cache) for s in spec.eval_splits}
         if rank == 0:
             check_before_training(train_set, eval_sets, [Path(cfg.output), run_dir])
         if len(train_set) < recipe.batch_size * world:

@@ -233,3 +233,26 @@ def test_deferred_jitter_equals_pil_enhance_level_for_level(seed):
     out = color_jitter(canvas, valid, factors)
     assert torch.equal(out[0, :, 7:97, 3:123], to_uint8_tensor(expected).float())  # contrast's mean: unpadded only
     assert torch.equal(color_jitter(canvas, valid, torch.ones(1, 3, 3)), canvas)  # no draw, no change
+
+
+@pytest.mark.parametrize("train,defer", [(True, False), (True, True), (False, False)])
+def test_decoded_image_cache_gives_the_same_samples(synth_root, train, defer):
+    """Two epochs from the cache (the second never decodes) equal the same epochs decoded every time."""
+    from datasets.rec import RECDataset
+    from datasets.tokenize import build_tokenizer
+
+    def epochs(cache):
+        ds = RECDataset(resolve_paths(synth_root), "unc", "train" if train else "val",
+                        build_tokenizer(synth_root / "vocab.txt"), 96, train=train, defer_jitter=defer,
+                        cache_images=cache)
+        random.seed(3)
+        torch.manual_seed(3)
+        items = [ds[i] for _ in range(2) for i in range(8)]
+        return items, ds.decoded
+
+    plain, _ = epochs(False)
+    cached, store = epochs(True)
+    assert 0 < len(store) <= 8  # one entry per image file read
+    for a, b in zip(plain, cached):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]
+                                            for k in a)

@@ -273,5 +273,6 @@ def test_loader_benchmark_times_each_lever_against_the_decode_floor(synth_root):
     out = per_worker(ds, samples=6)
     rates = list(out["variants_samples_per_s"].values())
     assert len(rates) == 4 and all(r > 0 for r in rates) and out["decode_floor_samples_per_s"] > 0
+    assert out["cpu_pipeline_decoded_once_samples_per_s"] > 0
     assert out["speedup"] == rates[-1] / rates[0] and out["samples"] == 6
     assert set(out["batch_side_cpu_ms_per_sample"]) == {"normalise", "jitter + normalise"}
