@@ -137,8 +137,11 @@ class TransVG(nn.Module):
         return tuple(torch.cat(p) for p in zip(*parts))
 
     def forward(self, image, image_mask, word_ids, word_mask):
-        v_feat, v_mask, t_feat, t_mask = self.branch_features(image, image_mask, word_ids, word_mask)
-        bsz = image.shape[0]
+        return self.fuse(*self.branch_features(image, image_mask, word_ids, word_mask))
+
+    def fuse(self, v_feat, v_mask, t_feat, t_mask):
+        """The box from the branches' features: [REG] + projected text and visual tokens -> V-L encoder -> head."""
+        bsz = v_feat.shape[0]
         tokens = torch.cat([self.reg_token.weight.expand(bsz, -1, -1), self.text_proj(t_feat),
                             self.visu_proj(v_feat)], dim=1)
         mask = torch.cat([torch.zeros(bsz, 1, dtype=torch.bool, device=tokens.device), t_mask, v_mask], dim=1)
