@@ -93,7 +93,8 @@ class TransVG(nn.Module):
     def optimize_for_training(self, channels_last: bool = False) -> None:
         """Speed-ups that keep the function (up to float rounding): fold the frozen BatchNorms into their
         convolutions (also removes bf16 autocast's promotion of activations to fp32 by the fp32 BN buffers),
-        and optionally channels-last convolutions (faster on GPUs and with oneDNN on CPUs). State dicts are unchanged."""
+        and optionally channels-last convolutions (faster on GPUs, and with oneDNN on CPUs). State dicts are
+        unchanged."""
         self.visumodel.fold_batchnorm()
         self.visumodel.channels_last = channels_last
         if channels_last:
