@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -149,8 +149,12 @@ class Submitit:
         return outcomes
 
 
+def say(message: str) -> None:
+    print(message, flush=True)  # seen as it happens when the suite's output goes to a file (nohup, sbatch)
+
+
 def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: list[str] | None = None,
-            log=print, launcher: Submitit | None = None) -> list[Outcome]:
+            log=say, launcher: Submitit | None = None) -> list[Outcome]:
     """Every job, phase by phase; within a phase up to `workers` at once (one per GPU when `gpus` is given), or
     all of it submitted through `launcher`."""
     log_dir = Path(log_dir)
@@ -169,17 +173,24 @@ def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: 
             if gpus:
                 free.put(gpu)
 
+    def report(outcome: Outcome) -> None:  # as each job ends: a phase of runs can take hours
+        nonlocal done
+        done += 1
+        note = f" ({outcome.message})" if outcome.message else ""
+        log(f"[{done}/{len(jobs)}] {outcome.status:<7} {outcome.seconds:7.1f} s  {outcome.job}{note}")
+
     for phase in phases(jobs):
         if launcher is not None and not phase[0].barrier:
             results = launcher.run(phase, log_dir)
+            for outcome in results:
+                report(outcome)
         else:
             with ThreadPoolExecutor(max_workers=max(1, min(width, len(phase)))) as pool:
-                results = list(pool.map(one, phase))
-        for outcome in results:
-            done += 1
-            outcomes.append(outcome)
-            note = f" ({outcome.message})" if outcome.message else ""
-            log(f"[{done}/{len(jobs)}] {outcome.status:<7} {outcome.seconds:7.1f} s  {outcome.job}{note}")
+                futures = [pool.submit(one, job) for job in phase]
+                for future in as_completed(futures):
+                    report(future.result())
+                results = [f.result() for f in futures]
+        outcomes += results  # in the suite's order, whatever order they ended in
     return outcomes
 
 
@@ -207,7 +218,7 @@ def suite_record(name: str, path: str, outcomes: list[Outcome], wall_s: float, w
 
 def run_suite(name: str, variables: dict | None = None, workers: int | None = None, threads: int | None = None,
               gpus: list[str] | None = None, force: bool = False, dry_run: bool = False, logs=None, record=None,
-              seeds: list[int] | None = None, log=print, launcher: dict | None = None) -> dict | None:
+              seeds: list[int] | None = None, log=say, launcher: dict | None = None) -> dict | None:
     """`harness suite NAME`: expand, execute, summarise, write the suite record; HarnessError if a job failed."""
     from harness.errors import HarnessError
     from harness.records import write_json_atomic

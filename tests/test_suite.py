@@ -76,3 +76,29 @@ def test_a_run_alone_and_beside_another_gives_the_same_record(tiny_suite, tmp_pa
     a, b = (json.loads((tmp_path / d / "unc_m2ist_tiny.json").read_text()) for d in ("alone", "pair"))
     assert a["results"] == b["results"] and a["train"] == b["train"] and a["config_hash"] == b["config_hash"]
     assert a["env"]["device_name"] == b["env"]["device_name"] and "1 threads" in a["env"]["device_name"]
+
+
+def test_each_job_is_reported_as_it_ends_and_recorded_in_suite_order(monkeypatch, tmp_path):
+    """A phase of runs can take hours: its jobs are reported one by one, not when the whole phase ends."""
+    import threading
+
+    from harness import executor
+    from harness.suites import Job
+
+    slow_may_end = threading.Event()
+
+    def run_job(job, log_dir, threads, gpu=None):
+        if job.name == "slow":
+            assert slow_may_end.wait(10)  # ends only once the fast job has been reported
+        return executor.Outcome(job.name, list(job.argv), "ok", 0.0, "", "")
+
+    def log(line):
+        lines.append(line)
+        if "fast" in line:
+            slow_may_end.set()
+
+    lines = []
+    monkeypatch.setattr(executor, "run_job", run_job)
+    outcomes = executor.execute([Job("slow", ("run",)), Job("fast", ("run",))], tmp_path, workers=2, log=log)
+    assert [line.split()[-1] for line in lines] == ["fast", "slow"]
+    assert [o.job for o in outcomes] == ["slow", "fast"]
