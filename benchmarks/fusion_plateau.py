@@ -28,7 +28,6 @@ SETTINGS = (
     ("300-step linear warm-up", {"warmup": 300}),
     ("batch 64", {"batch": 64}),
 )
-FUSION = ("visu_proj.", "text_proj.", "reg_token.", "vl_pos_embed.", "vl_transformer.", "bbox_embed.")
 
 
 def encoder_features():
@@ -74,8 +73,9 @@ def encoder_features():
 def train(model, features, steps: int, every: int, lr=1e-3, batch=32, warmup=0, seed=0) -> dict:
     from harness.evaluate import score_boxes
     from harness.losses import rec_loss
+    from harness.model.transvg import component_of
 
-    params = [p for n, p in model.named_parameters() if n.startswith(FUSION)]
+    params = [p for n, p in model.named_parameters() if component_of(n) in ("fusion", "head")]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     train_set, val = features["train"], features["val"]
