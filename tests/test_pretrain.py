@@ -91,6 +91,26 @@ def test_source_description_and_cache(pretrained, tmp_path):
     assert a.parent == b.parent == tmp_path / "pretrained" and a != b and a.name.startswith("tiny-seed13-")
 
 
+def test_cpu_pretraining_gives_the_same_encoders_whatever_the_callers_thread_count(tmp_path):
+    """A suite's pretrain job has 1 thread, `harness pretrain` by hand all cores: one cache key, so one result."""
+    caller = torch.get_num_threads()
+    roots = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            root, info = pretrain.ensure_pretrained(pretrain.PretrainConfig(**SMALL), out=tmp_path / str(threads),
+                                                    log=lambda msg: None)
+            assert torch.get_num_threads() == threads  # given back to the caller
+            assert f"{pretrain.CPU_THREADS} threads" in info["env"]["device_name"]
+            roots.append(root)
+    finally:
+        torch.set_num_threads(caller)
+    one, three = (torch.load(r / "vision.pth", weights_only=True)["model"] for r in roots)
+    assert all(torch.equal(one[k], three[k]) for k in one)
+    one, three = (load_file(r / "bert" / "model.safetensors") for r in roots)
+    assert all(torch.equal(one[k], three[k]) for k in one)
+
+
 def test_interrupted_pretraining_leaves_nothing_half_written_and_resumes(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyboardInterrupt
