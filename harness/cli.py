@@ -268,10 +268,16 @@ def _minutes(text: str | None) -> int | None:
     return minutes
 
 
+SWEEP_SELECTION = "sweep/selection.json"  # under results/: where suites/sweep.yaml's select job writes
+
+
 def _cmd_table(args):
     from harness.tables import build_tables
 
-    for path in build_tables(runs=args.runs, profiles=args.profiles, out=args.out, selected=args.selected):
+    selected = args.selected
+    if selected is None and (Path(args.out) / SWEEP_SELECTION).is_file():  # the sweep's rows stay in main.md
+        selected = str(Path(args.out) / SWEEP_SELECTION)
+    for path in build_tables(runs=args.runs, profiles=args.profiles, out=args.out, selected=selected):
         print(f"wrote {path}")
 
 
@@ -471,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", default="results", help="folder for the tables and the plot")
     table.add_argument("--selected", default=None, metavar="FILE",
                        help="a `harness select` file: main.md also shows each method's configuration selected on val "
-                            "(its runs, all seeds, from the folder the file names) beside the published one")
+                            "(its runs, all seeds, from the folder the file names) beside the published one (default: "
+                            f"OUT/{SWEEP_SELECTION} where the sweep suite has written it)")
     table.set_defaults(func=_cmd_table)
 
     select = sub.add_parser("select", help="choose each method's encoder-side learning rate on val from a sweep's "

@@ -45,12 +45,13 @@ def read_folder(folder) -> list[dict]:
 
 
 FLOOR = "text-blind"  # rows of `harness data baseline` records: no model, the floor a method must clear
+SELECTED_SUFFIX = " (selected on val)"  # the rows of `harness table --selected`
 
 
 def method_order(name: str):
-    """full, frozen, the other methods alphabetically, m2ist, then the text-blind floor rows; a variant follows
-    its method."""
-    base = name.split(" [")[0]
+    """full, frozen, the other methods alphabetically, m2ist, then the text-blind floor rows; a variant or the
+    configuration selected on val follows its method."""
+    base = name.split(" [")[0].removesuffix(SELECTED_SUFFIX)
     return (4 if base.startswith(FLOOR) else {"full": 0, "frozen": 1, "m2ist": 3}.get(base, 2), base, name)
 
 
@@ -384,7 +385,7 @@ def selected_runs(path) -> tuple[list[dict], str]:
     for r in read_folder(sel["runs"]):
         entry = sel["methods"].get(r.get("method"))
         if r["kind"] == "run" and r["dataset"] == sel["dataset"] and entry and grid_value(r, key) == entry["chosen"]:
-            rows.append({**r, "row": f"{r['method']} (selected on val)"})
+            rows.append({**r, "row": r["method"] + SELECTED_SUFFIX})
     return rows, (f"- selected on val: rows '(selected on val)' train the {key} chosen as: {sel['rule']} "
                   f"(`harness select`, {path}; grid and seeds in {sel['runs']}); the other rows use each method's "
                   "published rates (methods/*.yaml)\n")

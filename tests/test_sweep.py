@@ -10,6 +10,7 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.records import write_json_atomic
 from harness.suites import expand, load_suite
+from harness.tables import method_order
 
 
 def test_sweep_suite_grids_every_tunable_method_then_seeds_the_choice():
@@ -83,6 +84,14 @@ def test_selection_is_chosen_on_val_and_never_reads_a_test_split(tmp_path, monke
         sweep.selected_set(tmp_path / "missing.json", "lora")
 
 
+def test_a_selected_row_follows_its_published_row():
+    rows = ["vlpet (selected on val)", "m2ist", "text-blind: central", "full (selected on val)", "adapter", "frozen",
+            "m2ist (selected on val)", "vlpet", "full", "frozen (selected on val)", "adapter (selected on val)"]
+    assert sorted(rows, key=method_order) == [
+        "full", "full (selected on val)", "frozen", "frozen (selected on val)", "adapter", "adapter (selected on val)",
+        "vlpet", "vlpet (selected on val)", "m2ist", "m2ist (selected on val)", "text-blind: central"]
+
+
 def _sweep_file(tmp_path, flags, methods=("lora",), grid=(1.0e-4, 1.0e-3)):
     out, work = str(tmp_path / "sweep" / "runs"), str(tmp_path / "work")
     sel = str(tmp_path / "sweep" / "selection.json")
@@ -92,7 +101,7 @@ def _sweep_file(tmp_path, flags, methods=("lora",), grid=(1.0e-4, 1.0e-3)):
             {"run": {**flags, "method": list(methods), "seed": [14], "selected": sel, "output": out,
                      "work_dir": work}},
             {"table": {"runs": str(tmp_path / "published"), "profiles": str(tmp_path / "none"),
-                       "out": str(tmp_path / "tables"), "selected": sel}}]
+                       "out": str(tmp_path)}}]  # finds sweep/selection.json there by itself, as results/ does
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"description": "test sweep", "jobs": jobs}))
     return path, out
@@ -117,7 +126,7 @@ def test_a_sweep_through_submitits_executor_finds_every_record(tiny_run_flags, t
     assert records[f"unc_lora_tiny_{tag}_seed14"]["recipe"]["lr_encoder"] == chosen
     suite = json.loads((tmp_path / "suite.json").read_text())
     assert suite["machine"]["launcher"]["cluster"] == launcher and not suite["failed"]
-    main_md = (tmp_path / "tables" / "main.md").read_text()
+    main_md = (tmp_path / "main.md").read_text()
     assert "| lora (selected on val) |" in main_md and "(n=2)" in main_md  # seeds 13 and 14: mean +- std
 
 
