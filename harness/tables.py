@@ -48,11 +48,17 @@ FLOOR = "text-blind"  # rows of `harness data baseline` records: no model, the f
 SELECTED_SUFFIX = " (selected on val)"  # the rows of `harness table --selected`
 
 
+GRID_TAG = re.compile(r" \[(\w+)-(\d[\d.e+-]*)\]$")  # a `--set key=value` run's row: "lora [lr_encoder-1.0e-05]"
+
+
 def method_order(name: str):
     """full, frozen, the other methods alphabetically, m2ist, then the text-blind floor rows; a variant or the
-    configuration selected on val follows its method."""
+    configuration selected on val follows its method, the points of a grid in numeric order."""
     base = name.split(" [")[0].removesuffix(SELECTED_SUFFIX)
-    return (4 if base.startswith(FLOOR) else {"full": 0, "frozen": 1, "m2ist": 3}.get(base, 2), base, name)
+    grid = GRID_TAG.search(name)
+    tag = (grid.group(1), float(grid.group(2))) if grid else ("", 0.0)
+    return (4 if base.startswith(FLOOR) else {"full": 0, "frozen": 1, "m2ist": 3}.get(base, 2), base,
+            name != base, *tag, name)
 
 
 SEED_TAG = re.compile(r"^seed\d+$")

@@ -90,6 +90,9 @@ def test_a_selected_row_follows_its_published_row():
     assert sorted(rows, key=method_order) == [
         "full", "full (selected on val)", "frozen", "frozen (selected on val)", "adapter", "adapter (selected on val)",
         "vlpet", "vlpet (selected on val)", "m2ist", "m2ist (selected on val)", "text-blind: central"]
+    grid = ["vlpet [lr_encoder-0.001]", "vlpet [lr_encoder-1.0e-05]", "vlpet", "vlpet [lr_encoder-0.0001]"]
+    assert sorted(grid, key=method_order) == [
+        "vlpet", "vlpet [lr_encoder-1.0e-05]", "vlpet [lr_encoder-0.0001]", "vlpet [lr_encoder-0.001]"]
 
 
 def _sweep_file(tmp_path, flags, methods=("lora",), grid=(1.0e-4, 1.0e-3)):
