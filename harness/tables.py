@@ -46,8 +46,6 @@ def read_folder(folder) -> list[dict]:
 
 FLOOR = "text-blind"  # rows of `harness data baseline` records: no model, the floor a method must clear
 SELECTED_SUFFIX = " (selected on val)"  # the rows of `harness table --selected`
-
-
 GRID_TAG = re.compile(r" \[(\w+)-(\d[\d.e+-]*)\]$")  # a `--set key=value` run's row: "lora [lr_encoder-1.0e-05]"
 
 
