@@ -47,6 +47,7 @@ def read_folder(folder) -> list[dict]:
 FLOOR = "text-blind"  # rows of `harness data baseline` records: no model, the floor a method must clear
 SELECTED_SUFFIX = " (selected on val)"  # the rows of `harness table --selected`
 GRID_TAG = re.compile(r" \[(\w+)-(\d[\d.e+-]*)\]$")  # a `--set key=value` run's row: "lora [lr_encoder-1.0e-05]"
+LINE_STYLES = ("-", "--", ":", "-.")  # curves: a method's rows in order (published first, then selected or grid)
 
 
 def method_order(name: str):
@@ -346,11 +347,17 @@ def curves_plot(mains, path: Path) -> Path:
         for r in sorted(unc_ok, key=lambda r: str(_seed(r))):
             first_seed.setdefault(row_name(r), r)
         runs = [first_seed[name] for name in sorted(first_seed, key=method_order)]
+        # One colour per method, one line style per row of it (published, selected, grid values), so that a
+        # method's rows read as a family and no two methods share a colour.
+        colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(r["method"] for r in runs))}
+        styles = {}
         for r in runs:
             history = (r.get("train") or {}).get("history") or []
             points = [(h["epoch"], 100 * h["val_accuracy"]) for h in history if "val_accuracy" in h]
             if points:
-                ax.plot(*zip(*points), marker="o" if len(points) < 3 else None, label=row_name(r))
+                n = styles[r["method"]] = styles.get(r["method"], -1) + 1
+                ax.plot(*zip(*points), marker="o" if len(points) < 3 else None, label=row_name(r),
+                        color=colours[r["method"]], ls=LINE_STYLES[n % len(LINE_STYLES)])
                 drawn = True
         floors = [r["results"]["val"]["accuracy"] for r in recs
                   if r["kind"] == "baseline" and r["dataset"] == "unc" and "val" in r["results"]]
@@ -358,8 +365,8 @@ def curves_plot(mains, path: Path) -> Path:
             ax.axhline(100 * max(floors), ls="--", color="grey", lw=1, label="text-blind floor (best rule)")
         if drawn:
             loud = "SYNTHETIC DATA - " if recs[0]["data"] == "synthetic" else ""
-            ax.set_title(f"{loud}{heading}: val Acc@0.5 per epoch ({_dataset_label('unc', recs[0]['data'])})",
-                         fontsize=9)
+            ax.set_title(f"{loud}{heading}: val Acc@0.5 per epoch ({_dataset_label('unc', recs[0]['data'])})\n"
+                         "one line per row: its lowest seed", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel("val Acc@0.5 (%)")
             ax.grid(alpha=0.3)
