@@ -1,7 +1,16 @@
-"""Read TransVG's index files (`{split_root}/{name}/{name}_{split}.pth`) into records, as its loader does."""
+"""Read TransVG's index files (`{split_root}/{name}/{name}_{split}.pth`) into records, as its loader does.
+
+Every record TransVG loads is kept, so a split is scored on the same n. That includes records no model can get
+right on merit (`oddity`): an empty expression (nothing to ground) and a box without area after TransVG's integer
+truncation (an IoU of 0 with any prediction). They are counted at load (one warning line per split file) and
+listed by `harness data check`. Refused, in one line, are records TransVG could not use either: wrong types, a
+box that is not 4 finite numbers, or one with a negative coordinate or extent (REFER's and Berkeley's boxes never
+give one, and TransVG's GIoU asserts on it: utils/box_utils.py generalized_box_iou @c862427).
+"""
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +40,26 @@ def split_files(paths: DataPaths, name: str, split: str) -> list[Path]:
     return [paths.index_dir(name) / f"{name}_{part}.pth" for part in parts]
 
 
-def load_split(paths: DataPaths, name: str, split: str) -> list[Record]:
+def oddity(record: Record) -> str:
+    """Why a record TransVG keeps gives a model nothing to ground or no box to hit ("" for a normal record)."""
+    x1, y1, x2, y2 = record.box
+    if not record.phrase.strip():
+        return "empty referring expression"
+    if x1 == x2 or y1 == y2:
+        return f"box {[int(v) for v in record.box]} (xyxy) has no area"
+    return ""
+
+
+def load_split(paths: DataPaths, name: str, split: str, warn: bool = True) -> list[Record]:
+    """The split's records in file order. `warn`: one line on stderr per file that holds odd records."""
     records: list[Record] = []
     for path in split_files(paths, name, split):
-        records += _parse(path, name, _load(path, paths.trust_pickles))
+        part = _parse(path, name, _load(path, paths.trust_pickles))
+        odd = sum(bool(oddity(r)) for r in part)
+        if odd and warn:
+            print(f"warning: {path} holds {odd} of {len(part)} records with an empty expression or a box without "
+                  "area; kept, as TransVG keeps them (`harness data check` lists them)", file=sys.stderr, flush=True)
+        records += part
     return records
 
 
@@ -73,12 +98,11 @@ def _parse(path: Path, name: str, data) -> list[Record]:
         if spec.bbox_format == "xywh":
             box[2], box[3] = box[0] + box[2], box[1] + box[3]
         x1, y1, x2, y2 = box
-        if not (0 <= x1 < x2 and 0 <= y1 < y2) or not phrase.strip():
-            problem = (f"empty referring expression {phrase!r}" if not phrase.strip() else
-                       f"box {_short(bbox)} ({spec.bbox_format}) is {[int(v) for v in box]} as xyxy after TransVG's "
-                       "integer truncation: negative or without area")
-            raise DataError(f"index file {path} record {row}: {problem}; fix or regenerate the index "
-                            f"(`harness data check` lists every record)")
+        if not (0 <= x1 <= x2 and 0 <= y1 <= y2):
+            raise DataError(f"index file {path} record {row}: box {_short(bbox)} ({spec.bbox_format}) is "
+                            f"{[int(v) for v in box]} as xyxy after TransVG's integer truncation: a negative "
+                            f"coordinate or extent, which no REFER box gives; fix or regenerate the index "
+                            f"({INDEX_SOURCE})")
         records.append(Record(img_file, tuple(float(v) for v in box), phrase.lower(), str(path), row))
     return records
 

@@ -242,7 +242,6 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     }
     env = records.environment(dev)
     env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
-    env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
     env["torch_threads"] = torch.get_num_threads()
     record = {
         "schema": records.SCHEMA_VERSION, "kind": "profile", "run_id": name, "method": method,

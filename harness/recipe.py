@@ -26,10 +26,11 @@ class Recipe:
     num_workers: int = 4
     eval_every: int = 1  # epochs between validations (best checkpoint is chosen on val, as TransVG)
     augment: bool = True
-    # Runtime settings; the numerics are the same up to float rounding (train.prepare_runtime):
+    # Runtime settings; the numerics are the same up to float rounding, TF32 aside (train.prepare_runtime):
     # - `runtime: released` = the released TransVG/M2IST code's measurement conditions (the paper's Fig. 1):
     #   attention through nn.MultiheadAttention with need_weights=True and BERT's explicit attention (both keep
-    #   the N x N attention maps for backward), no BatchNorm folding, no channels-last, no cuDNN autotuning;
+    #   the N x N attention maps for backward), no BatchNorm folding, no channels-last, no cuDNN autotuning, and
+    #   TF32 matmuls on CUDA (torch 1.7's default, the code's pin; every record's env.tf32 says what ran);
     # - `runtime: optimized` = frozen BatchNorms folded into their convolutions, fused attention kernels (SDPA),
     #   channels-last convolutions, and cuDNN autotuning on CUDA;
     # - `frozen_chunk`: frozen encoders run without autograd in chunks of this many samples (None = whole batch);

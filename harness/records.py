@@ -71,7 +71,8 @@ def environment(device=None) -> dict:
         name = platform.processor() or platform.machine()
         name = f"CPU ({name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return {"git": git_state(), "packages": versions, "python": platform.python_version(),
-            "device": dev, "device_name": name, "cuda": torch.version.cuda}
+            "device": dev, "device_name": name, "cuda": torch.version.cuda,
+            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
 
 
 def now() -> str:

@@ -109,6 +109,10 @@ def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
         model.set_eager_attention(True)
     if device.type == "cuda":  # fixed input shapes: pick the fastest convolution once (not in the released code)
         torch.backends.cudnn.benchmark = recipe.runtime == "optimized"
+    # TF32 matmuls: the released code pins torch 1.7, where `matmul.allow_tf32` defaulted to True (1.7-1.11), so its
+    # fp32 step times on Ampere and later were measured with TF32 matmuls; torch >= 1.12 defaults to False, which the
+    # optimized runtime keeps (full fp32 matmuls). cuDNN's TF32 convolutions default to True in every version.
+    torch.backends.cuda.matmul.allow_tf32 = recipe.runtime == "released"
     model.frozen_chunk_size = recipe.frozen_chunk
     model.vl_transformer.checkpoint_layers = recipe.checkpoint_fusion
 

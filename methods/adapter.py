@@ -11,7 +11,10 @@ repository we know of ships an Adapter baseline), so this is our reading of Houl
 Adapted to this model:
 - every layer of both encoders (6 DETR layers, d = 256; 12 BERT layers, h = 768) gets two adapters through
   the model's slots: H' = H + s * up(ReLU(down(H))) on the sub-layer output H, then the layer's own
-  dropout, residual add and post-LayerNorm (Houlsby's position for a post-norm transformer);
+  dropout, residual add and post-LayerNorm (Houlsby's position for a post-norm transformer). adapter-bert
+  (@1a31fc6 modeling.py L943-946, L962-965) applies the dropout first, so its adapter reads dropout(H):
+  LN(A(drop(H)) + X); here it is LN(drop(A(H)) + X): the same function in eval mode and at dropout 0, another
+  noise pattern in training (the slot seam hands the adapter H before the layer's own dropout);
 - the up-projection is zero-initialised (AdaptFormer), so the tuned model equals the frozen one at step 0;
   s = 1 (Houlsby's sequential adapter has no scale; AdaptFormer's 0.1 belongs to its parallel form);
 - bottleneck 64 in both branches at the paper preset (BERT 768 -> 64, DETR 256 -> 64): 2,776,320 adapter

@@ -27,11 +27,14 @@ Adapted to this model (TransVG; UniPT itself was shown on VSE-infinity, CLIP4Cli
   encoder activation is kept for backward: the method's memory saving;
 - layer choice on other depths: `select_layers: null` takes every second layer output from h_1 below the
   anchor, {1, 3, ..., < N}: MDETR's [1, 3, 5] for the 6 DETR layers, [1, 3, 5, 7, 9, 11] for BERT's 12;
-- MDETR's decoder-side module and its crosser have no counterpart (TransVG has no decoder); in MDETR the
-  decoder-side output replaces the decoder output and the encoder-side output only feeds it. Here each
-  branch's output is ADDED to the branch's final features before visu_proj / text_proj (the model's side
-  seam, the one M2IST uses), so the frozen features stay and the network learns a correction; with the
-  grounding output's LayerNorm the correction is not zero at step 0;
+- MDETR's decoder-side module and its crosser have no counterpart (TransVG has no decoder). How a branch's
+  output joins the model (`join`): in MDETR the side output REPLACES the frozen output (transformer.py L341,
+  `hs = self.side_final_upsample(...)` takes the place of the decoder's hs; the frozen states enter only
+  through the anchor and the selected layers), so `join: replace` (the default) hands each branch's UniPT
+  output to visu_proj / text_proj in place of the branch's final features. `join: add` is the variant this
+  project ran before fidelity round 3: the output is added to the frozen final features (the side seam as
+  M2IST uses it), which at step 0 puts a unit-scale random correction (the output's LayerNorm) on top of
+  every frozen feature;
 - padding: the branch masks (True = pad) drive the masked means and zero the padded keys of the
   interaction, as UniPT's masks do; padded query rows are computed but never read by the fusion;
 - widths: MDETR's rule m = d_model // 2 in both branches: 128 for vision (DETR d = 256) and 384 for language
@@ -54,6 +57,7 @@ from methods.modules import branch_width, scaled
 
 
 INSTANCES = ("grounding", "vse")
+JOINS = ("replace", "add")
 
 
 def _masked_mean(x, valid):
@@ -73,7 +77,8 @@ def _down(width: int, m: int) -> nn.Module:
 
 class UniPTBranch(nn.Module):
     """UniPT's transformer module for one branch: hidden states [h_0 (input), h_1, ..., h_N (output)] of width
-    `width` -> a (B, N_tokens, width) correction. `instance` and the layer choice: see the module docstring."""
+    `width` -> a (B, N_tokens, width) output (`join`: it replaces or corrects h_N). `instance` and the layer
+    choice: see the module docstring."""
 
     def __init__(self, num_layers: int, width: int, m: int, instance: str = "grounding", select_layers=None):
         super().__init__()
@@ -125,14 +130,16 @@ class UniPTBranch(nn.Module):
 
 
 class UniPTSide(nn.Module):
-    """The model's side seam: side(vision_out, language_out) -> (vision delta, language delta)."""
+    """The model's side seam: side(vision_out, language_out) -> (vision output, language output), which replace
+    the branches' final features or are added to them (`join`, read by TransVG.join)."""
 
     tap_names = {"vision": {"out"}, "language": {"out"}}  # layer outputs only (inputs come with the branch)
 
-    def __init__(self, vision: UniPTBranch, language: UniPTBranch):
+    def __init__(self, vision: UniPTBranch, language: UniPTBranch, join: str = "replace"):
         super().__init__()
         self.vision = vision
         self.language = language
+        self.join = join
 
     @staticmethod
     def states(out) -> list:
@@ -146,6 +153,7 @@ class UniPTSide(nn.Module):
 @dataclass
 class UniPTConfig(MethodConfig):
     instance: str = "grounding"  # grounding (MDETR/RefCOCO) | vse (VSE-infinity); see the module docstring
+    join: str = "replace"  # replace (MDETR transformer.py L341) | add (onto the frozen features); see the docstring
     width_vision: int = 128  # m at DETR d = 256 (d/2, UniPT's MDETR d_side); scaled on other presets
     width_language: int = 384  # m at BERT h = 768 (h/2, MDETR's d_model // 2 rule)
     # grounding only: indices into [h_0 (input), h_1, ...]; null = every second layer output from h_1
@@ -155,6 +163,8 @@ class UniPTConfig(MethodConfig):
     def __post_init__(self):
         if self.instance not in INSTANCES:
             raise ValueError(f"instance must be one of {', '.join(INSTANCES)}, got {self.instance!r}")
+        if self.join not in JOINS:
+            raise ValueError(f"join must be one of {', '.join(JOINS)}, got {self.join!r}")
         if min(self.width_vision, self.width_language) < 1:
             raise ValueError("UniPT widths must be positive")
 
@@ -182,4 +192,4 @@ class UniPT(Method):
             except ValueError as err:
                 raise HarnessError(f"UniPT {branch}: {err} (preset '{cfg.name}' has {layers} layers)") from None
         device = next(model.visu_proj.parameters()).device
-        model.side = UniPTSide(**branches).to(device)
+        model.side = UniPTSide(**branches, join=c.join).to(device)

@@ -320,3 +320,21 @@ def test_unipt_paper_counts_quoted_in_the_yaml():
             apply_method(build_method("unipt", options), model)
         counts[key] = count_parameters(model)["encoder_side_trainable"]
     assert counts == {"grounding": 3_194_242, "vse_256": 3_111_810}
+
+
+@pytest.mark.parametrize("join", ["replace", "add"])
+def test_unipt_output_joins_the_fusion_as_configured(join):
+    """Default `replace` = MDETR transformer.py L341: the fusion receives the UniPT output in place of each branch's
+    frozen final features (which reach it only through the anchor); `add` puts the output on top of them."""
+    model = tuned_model("unipt", **({} if join == "replace" else {"join": join})).eval()
+    assert build_method("unipt").config.join == "replace"
+    seen = {}
+    model.side.register_forward_hook(lambda mod, args, out: seen.update(vis=args[0], txt=args[1], out=out))
+    fused = {}
+    model.visu_proj.register_forward_hook(lambda mod, args, out: fused.update(vis=args[0]))
+    model.text_proj.register_forward_hook(lambda mod, args, out: fused.update(txt=args[0]))
+    with torch.no_grad():
+        model(*random_batch(model)[:4])
+    for i, branch in enumerate(("vis", "txt")):
+        frozen, side = seen[branch].features, seen["out"][i]
+        assert torch.equal(fused[branch], side if join == "replace" else frozen + side)

@@ -89,13 +89,36 @@ def test_check_finds_a_box_outside_its_image(copy_root):
         check_dataset(copy_root, "gref_umd")
 
 
-def test_check_finds_an_empty_expression_and_an_unreadable_image(copy_root):
-    path = copy_root / "data/unc/unc_testA.pth"
-    rows = torch.load(path, weights_only=True)
-    rows[1] = rows[1][:3] + ("  ", [])
-    torch.save(rows, path)
-    with pytest.raises(DataError, match=r"unc_testA.pth record 1: empty referring expression"):
-        check_dataset(copy_root, "unc")
+def test_odd_records_are_kept_as_transvg_keeps_them_and_listed_by_check(copy_root, tokenizer, capsys):
+    """An empty expression and a box without area (after TransVG's int truncation) load, train and score as in
+    TransVG (same n); loading warns once per file and `harness data check` lists each one."""
+    from harness.losses import rec_loss
+
+    paths = resolve_paths(copy_root)
+    before = {s: len(load_split(paths, "unc", s)) for s in ("train", "testA")}
+    capsys.readouterr()
+    for split, row, change in (("testA", 1, lambda r: r[:3] + ("  ", r[4])),
+                               ("train", 2, lambda r: r[:2] + ([r[2][0], r[2][1], 0.7, r[2][3]],) + r[3:])):
+        path = copy_root / f"data/unc/unc_{split}.pth"
+        rows = torch.load(path, weights_only=True)
+        rows[row] = change(rows[row])
+        torch.save(rows, path)
+    assert {s: len(load_split(paths, "unc", s)) for s in ("train", "testA")} == before
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("warning: ") and "holds 1 of" in line for line in err)
+    train = RECDataset(paths, "unc", "train", tokenizer, image_size=64, train=True)
+    box = train[2]["box"]
+    assert box[2] == 0  # no width, as in TransVG
+    assert torch.isfinite(rec_loss(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), box[None])["loss"])
+
+    assert main(["data", "check", "--root", str(copy_root), "--dataset", "unc"]) == 0
+    out = capsys.readouterr().out
+    assert "2 odd (kept, as TransVG keeps them)" in out
+    assert "odd: index file " in out and "unc_testA.pth record 1: empty referring expression" in out
+    assert "unc_train.pth record 2: box " in out and "has no area" in out
+
+
+def test_check_finds_an_unreadable_image(copy_root):
     (copy_root / "ln_data/referit/images" / load_split(resolve_paths(copy_root), "referit", "train")[0].image_file) \
         .write_bytes(b"no jpeg")
     with pytest.raises(DataError, match=r"referit_train.pth record 0: image .* unreadable"):

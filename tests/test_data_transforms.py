@@ -27,15 +27,30 @@ SIDE_WORDS = [  # (expression, its mirror): whole words, hyphenated and fused co
     ("left-side", "right-side"), ("righthanded", "lefthanded"), ("leftward", "rightward"),
     ("left-most", "right-most"), ("Left Man", "Right Man"), ("RIGHT", "LEFT"), ("left.", "right."),
     ("2nd from left", "2nd from right"), ("(left)", "(right)"), ("lefter one", "righter one"),
+    # fused forms typed in RefCOCO, which TransVG's substring replace swaps (review round 3)
+    ("leftguy", "rightguy"), ("lefthalf of pizza", "righthalf of pizza"), ("rightcorner", "leftcorner"),
+    ("lefthandside", "righthandside"), ("toprightcorner", "topleftcorner"), ("lefty", "righty"),
+    ("guyonleft", "guyonright"), ("leftright", "rightleft"), ("Leftguy", "Rightguy"),
 ]
 NOT_SIDE_WORDS = ["bright", "upright", "copyright", "alright", "leftover", "leftovers", "righteous", "rights",
-                  "downright", "outright", "birthright", "brightest", "frightened", "wright", "cleft", "brighter"]
+                  "downright", "outright", "birthright", "brightest", "frightened", "wright", "cleft", "brighter",
+                  "brightly", "fright", "rightful", "aright"]
+
+
+def transvg_swap(text: str) -> str:
+    """TransVG's RandomHorizontalFlip text rule (datasets/transforms.py:154 @c862427), on lower-cased text."""
+    return text.replace("right", "*&^special^&*").replace("left", "right").replace("*&^special^&*", "left")
 
 
 @pytest.mark.parametrize("text, mirrored", SIDE_WORDS)
 def test_swap_left_right_mirrors_every_side_word(text, mirrored):
     assert swap_left_right(text) == mirrored
     assert swap_left_right(mirrored) == text
+
+
+@pytest.mark.parametrize("text, mirrored", SIDE_WORDS)
+def test_swap_left_right_agrees_with_transvg_on_side_words(text, mirrored):
+    assert swap_left_right(text.lower()) == transvg_swap(text.lower())
 
 
 @pytest.mark.parametrize("word", NOT_SIDE_WORDS)
@@ -196,8 +211,8 @@ def _draws(transform, img, seed, text):
 @pytest.mark.parametrize("defer", [False, True])
 def test_uint8_training_pipeline_matches_the_pil_one_draw_for_draw(defer):
     """Same seeds -> the same draws in the same order, so geometry, flips, texts, padding and jitter factors are
-    exactly the PIL pipeline's; pixels differ only by torchvision's resampling kernel (within 2 levels before the
-    jitter scales them)."""
+    exactly the PIL pipeline's; pixels differ only by torchvision's resampling kernel (within 2 grey levels before
+    the jitter, 5 after its factors scale them)."""
     pil_pipeline = make_transforms(160, train=True)
     uint8_pipeline = make_transforms(160, train=True, defer_jitter=defer)
     img = _photo(2)
@@ -211,7 +226,7 @@ def test_uint8_training_pipeline_matches_the_pil_one_draw_for_draw(defer):
         assert ("jitter" in b) == defer
         x, y = model_inputs(collate_like(a), "cpu")["image"], model_inputs(collate_like(b), "cpu")["image"]
         levels = ((x - y) * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255).abs()
-        assert levels.max() <= 6.01 and levels.mean() < 0.05  # 2 levels of resampling, scaled by up to 3 factors <= 1.4
+        assert levels.max() <= 5.01 and levels.mean() < 0.05  # 2 levels of resampling, scaled by up to 3 factors <= 1.4
         crops += (~a["mask"]).sum().item() < 0.5 * 160 * 160
         flips += a["text"] != text
     assert crops and flips  # the draws above did exercise the crop and the flip

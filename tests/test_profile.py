@@ -227,6 +227,8 @@ def test_released_runtime_saves_more_for_backward(method, tmp_path):
     assert recs["released"]["run_id"].endswith("_released") and recs["released"]["runtime"] == "released"
     assert recs["released"]["recipe"]["runtime"] == "released"
     assert recs["released"]["config_hash"] != recs["optimized"]["config_hash"]
+    # the released code's torch 1.7 allowed TF32 matmuls by default; the optimized runtime keeps today's full fp32
+    assert recs["released"]["env"]["tf32"]["matmul"] is True and recs["optimized"]["env"]["tf32"]["matmul"] is False
 
 
 def test_profile_skip_done_keeps_a_matching_record(tmp_path, capsys):

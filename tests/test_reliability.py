@@ -101,9 +101,9 @@ def one_line_error(capsys) -> str:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda row: row[:2] + ([5, 5, 0, 10],) + row[3:], "negative or without area"),
-    (lambda row: row[:2] + ([5, 5, -9, 10],) + row[3:], "negative or without area"),
-    (lambda row: row[:3] + ("   ",) + row[4:], "empty referring expression"),
+    (lambda row: row[:2] + ([5, 5, -9, 10],) + row[3:], "a negative coordinate or extent"),
+    (lambda row: row[:2] + ([-5, 5, 9, 10],) + row[3:], "a negative coordinate or extent"),
+    (lambda row: row[:2] + ([5, 5, float("nan"), 10],) + row[3:], "bbox must be 4 finite numbers"),
 ])
 def test_bad_records_are_refused_as_they_load(data_copy, tmp_path, capsys, change, message):
     path = data_copy / "data/unc/unc_train.pth"

@@ -47,6 +47,7 @@ def test_run_writes_a_valid_record(cache, tmp_path):
     assert record["status"] == "ok" and record["train"]["step"] == 2
     assert record["params"]["trainable"] > record["params"]["encoder_side_trainable"] > 0
     assert record["env"]["git"]["commit"] and record["weights"]["pretrained"] is False
+    assert record["env"]["tf32"] == {"matmul": False, "cudnn": True}  # optimized runtime: full fp32 matmuls
     assert (tmp_path / "work" / "unc_full_tiny" / "last.pth").exists()
 
 

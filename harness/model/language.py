@@ -1,5 +1,6 @@
 """Language branch: transformers' BertModel (no pooler: TransVG never reads it) with the same seams as the
-DETR encoder layers: adapter slots on both sub-layer outputs and per-layer taps.
+DETR encoder layers: adapter slots on both sub-layer outputs and per-layer taps, and a switch for the token-type
+embedding (`token_type_embedding`).
 
 The slots live in subclasses of BertSelfOutput / BertOutput that keep the parent's children (`dense`,
 `LayerNorm`, `dropout`), so HF and TransVG key names are unchanged and pretrained weights load as usual.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
-from transformers.models.bert.modeling_bert import BertOutput, BertSelfOutput
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertOutput, BertSelfOutput
 
 from harness.model.config import LanguageConfig
 from harness.model.vision import BranchOutput
@@ -52,6 +53,27 @@ class SlottedOutput(_SlottedOutput, BertOutput):
         self.sink = None
 
 
+class Embeddings(BertEmbeddings):
+    """BERT's embeddings, LN(word + token type + position), with the token-type term optional: BLIP's med.py
+    (the BERT of the released M2IST code, xuyang-liu16/M2IST @bd50919 models/language_model/med.py L57-99) has no
+    token-type embedding and computes LN(word + position). With `add_token_type` False the weight stays, unused, so
+    state dicts and parameter counts do not change."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.add_token_type = True
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, **kwargs):
+        if self.add_token_type:
+            return super().forward(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                                   inputs_embeds=inputs_embeds, **kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if position_ids is None:
+            position_ids = self.position_ids[:, :inputs_embeds.shape[1]]
+        return self.dropout(self.LayerNorm(inputs_embeds + self.position_embeddings(position_ids)))
+
+
 def bert_config(cfg: LanguageConfig) -> BertConfig:
     return BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
                       num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate,
@@ -64,10 +86,20 @@ class LanguageBranch(nn.Module):
         super().__init__()
         config = bert_config(cfg)
         self.bert = BertModel(config, add_pooling_layer=False)
+        self.bert.embeddings = Embeddings(config)
         for layer in self.bert.encoder.layer:
             layer.attention.output = SlottedSelfOutput(config)
             layer.output = SlottedOutput(config)
-        self.bert.apply(self.bert._init_weights)  # the replaced outputs get BERT's init too
+        self.bert.apply(self.bert._init_weights)  # the replaced modules get BERT's init too
+
+    @property
+    def token_type_embedding(self) -> bool:
+        """Whether the embedding output includes BERT's token-type row (TransVG's BERT: yes; BLIP's med.py: no)."""
+        return self.bert.embeddings.add_token_type
+
+    @token_type_embedding.setter
+    def token_type_embedding(self, on: bool) -> None:
+        self.bert.embeddings.add_token_type = bool(on)
 
     @property
     def layers(self):

@@ -2,8 +2,9 @@
 -> box MLP on [REG] -> sigmoid (cx, cy, w, h) normalised to the padded image.
 
 Seams for methods (DESIGN.md): `set_trainable` by component, adapter slots and taps on every encoder
-layer (transformer.py, language.py), `side` (a module adding a tensor to each branch's final features
-before projection) and `encoders_need_grad` (False runs both encoders under torch.no_grad()).
+layer (transformer.py, language.py), `side` (a module whose output is added to each branch's final features
+before projection, or takes their place when the module's `join` is "replace") and `encoders_need_grad` (False
+runs both encoders under torch.no_grad()).
 """
 from __future__ import annotations
 
@@ -127,15 +128,19 @@ class TransVG(nn.Module):
                                    word_mask[i:i + chunk])
             v_feat, t_feat = vis.features, txt.features
             if self.side is not None:
-                v_delta, t_delta = self.side(vis, txt)
-                if v_delta is not None:
-                    v_feat = v_feat + v_delta
-                if t_delta is not None:
-                    t_feat = t_feat + t_delta
+                v_side, t_side = self.side(vis, txt)
+                v_feat, t_feat = self.join(v_feat, v_side), self.join(t_feat, t_side)
             parts.append((v_feat, vis.mask, t_feat, txt.mask))
         if len(parts) == 1:
             return parts[0]
         return tuple(torch.cat(p) for p in zip(*parts))
+
+    def join(self, features, side_output):
+        """A branch's features after the side path: + the side output (`join` "add", the default: M2IST), or the side
+        output alone ("replace": UniPT's MDETR instance, where the frozen features enter only through the side)."""
+        if side_output is None:
+            return features
+        return side_output if getattr(self.side, "join", "add") == "replace" else features + side_output
 
     def forward(self, image, image_mask, word_ids, word_mask):
         return self.fuse(*self.branch_features(image, image_mask, word_ids, word_mask))
