@@ -6,6 +6,8 @@ against the field's annotation before any work starts, and a wrong one is a one-
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 import types
 import typing
@@ -105,7 +107,21 @@ def yaml_value(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+MAX_TAG = 160  # leaves room for dataset, method, preset, --tag and seed within a 255-byte file name
+
+
 def overrides_tag(method: dict, recipe: dict) -> str | None:
-    """A run-id suffix naming the --set overrides (file-name safe), so that variants never share a run id."""
+    """A run-id suffix naming the --set overrides, file-name safe, so that variants never share a run id: `key-value`
+    parts joined by "_". Where that text loses something (characters a file name cannot hold are dropped: `[1, 1]`
+    and `[11]` both read `11`) or could be read two ways (a value holding "_"), "@" and 8 hex digits of the exact
+    overrides' hash follow; "@" is never part of the readable text, so no two override sets share a suffix."""
     parts = [f"{k}-{yaml_value(v)}" for section in (recipe, method) for k, v in sorted(section.items())]
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "", "_".join(parts)) or None
+    exact = "_".join(parts)
+    readable = re.sub(r"[^A-Za-z0-9_.=+-]+", "", exact)
+    if readable != exact or any("_" in yaml_value(v) for section in (recipe, method) for v in section.values()):
+        readable += "@" + hashlib.sha256(json.dumps([recipe, method], sort_keys=True).encode()).hexdigest()[:8]
+    if len(readable) > MAX_TAG:
+        raise HarnessError(f"the --set overrides make a run-id suffix of {len(readable)} characters ({readable[:40]}...), "
+                           f"too long for a file name (at most {MAX_TAG}): put them in a --config file and name the "
+                           "variant with --tag")
+    return readable or None

@@ -59,10 +59,28 @@ def test_recipe_and_config_file_values_are_type_checked():
 
 def test_overrides_tag_is_a_safe_file_name():
     assert overrides_tag({"double_layernorm": False}, {}) == "double_layernorm-false"
-    assert overrides_tag({"targets_language": ["query", "key"]}, {"lr_encoder": 1e-4}) == \
-        "lr_encoder-0.0001_targets_language-querykey"
+    assert overrides_tag({"targets_language": ["query", "key"]}, {"lr_encoder": 1e-4}).startswith(
+        "lr_encoder-0.0001_targets_language-querykey@")  # characters dropped: the exact overrides' hash follows
     assert "/" not in overrides_tag({}, {"runtime": "../x"})
     assert overrides_tag({}, {}) is None
+
+
+@pytest.mark.parametrize("a, b", [
+    ({"select_layers_language": [1, 1]}, {"select_layers_language": [11]}),  # brackets, commas, spaces dropped
+    ({"targets_language": ["query", "key"]}, {"targets_language": ["querykey"]}),
+    ({"instance": "x_bottleneck-1"}, {"instance": "x", "bottleneck": 1}),  # a value that reads as two parts
+])
+def test_overrides_that_read_alike_never_share_a_run_id(a, b):
+    """Under --skip-done a shared run id let the second variant delete the first one's checkpoint and record."""
+    tag_a, tag_b = overrides_tag(a, {}), overrides_tag(b, {})
+    assert tag_a != tag_b
+    assert "@" in tag_a and tag_a.split("@")[0].startswith(next(iter(sorted(a))))  # still readable
+    assert overrides_tag(a, {}) == tag_a  # stable: a rerun finds its own record
+
+
+def test_overrides_too_long_for_a_file_name_are_refused():
+    with pytest.raises(HarnessError, match="too long for a file name"):
+        overrides_tag({"targets_language": ["query"] * 40}, {})
 
 
 def test_run_with_set_records_the_override_and_tags_the_run_id(tmp_path, monkeypatch, capsys):
