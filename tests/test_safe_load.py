@@ -68,3 +68,61 @@ def test_index_weights_and_eval_refuse_unsafe_files_in_one_line(tmp_path, capsys
         assert not target.exists()
     load_split(resolve_paths(root, trust_pickles=True), "unc", "val")  # explicitly trusted: it runs
     assert target.exists()
+
+
+class CraftedDtype:
+    """A structured dtype with an object field whose pickled flags omit the object bits (27 -> 0), so that numpy no
+    longer knows its bytes are pointers."""
+
+    def __reduce__(self):
+        cls, args, state = np.dtype([("a", "O")]).__reduce__()
+        return cls, args, state[:-1] + (0,)
+
+
+class CraftedArray:
+    """numpy's own reduce protocol with forged parts: the state's dtype and bytes (read as object pointers they
+    segfault), or the shape `_reconstruct` is asked to allocate."""
+
+    def __init__(self, state=None, shape=None):
+        self.state, self.shape = state, shape
+
+    def __reduce__(self):
+        reconstruct, (cls, shape, code), _ = np.zeros(1).__reduce__()
+        args = (cls, self.shape or shape, code)
+        return (reconstruct, args) if self.state is None else (reconstruct, args, self.state)
+
+
+@pytest.mark.parametrize("crafted", [
+    CraftedArray((1, (2,), CraftedDtype(), False, b"A" * 16)),  # exit 139 (segfault) before the fix
+    CraftedArray((1, (2,), np.dtype("O"), False, b"A" * 16)),
+    CraftedArray((1, (3_000_000_000,), np.dtype("u1"), False, bytes(8))),  # 3 GB asked, 8 bytes in the file
+    CraftedArray(shape=(3_000_000_000, 8)),  # 22 GiB asked of _reconstruct itself
+], ids=["object-field", "object", "state-shape", "reconstruct-shape"])
+def test_a_crafted_numpy_array_is_refused_in_one_line_by_eval_check_and_run(tmp_path, capsys, crafted):
+    root = tmp_path / "data_root"
+    (root / "data" / "unc").mkdir(parents=True)
+    (root / "ln_data").mkdir()
+    for split in ("train", "val", "testA", "testB"):
+        torch.save([("a.jpg", 1, [1, 2, 3, 4], "x", crafted)], root / "data" / "unc" / f"unc_{split}.pth")
+    ckpt = tmp_path / "transvg.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(x=crafted)}, ckpt)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nx\n")
+    for argv in (["eval", "--checkpoint", str(ckpt), "--dataset", "unc"],
+                 ["data", "check", "--root", str(root), "--dataset", "unc"],
+                 ["run", "--method", "frozen", "--dataset", "unc", "--data-root", str(root), "--device", "cpu",
+                  "--tokenizer", str(vocab), "--output", str(tmp_path / "rec"), "--work-dir", str(tmp_path / "work")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        # a forged state is refused as such; _reconstruct's own shape is ignored, so that file loads an empty array
+        assert ("numpy array" in err) == (crafted.state is not None), err
+
+
+def test_plain_numpy_arrays_and_scalars_still_load(tmp_path):
+    rows = [("a.jpg", 1, np.array([1.5, 2, 3, 4]), "x", np.array(["a", "b"])), np.int64(3),
+            np.arange(6, dtype=np.int32).reshape(2, 3).T, np.bool_(True)]
+    torch.save(rows, tmp_path / "plain.pth")
+    loaded = torch_load(tmp_path / "plain.pth")
+    assert np.array_equal(loaded[0][2], rows[0][2]) and list(loaded[0][4]) == ["a", "b"] and loaded[1] == 3
+    assert np.array_equal(loaded[2], rows[2]) and loaded[3]
