@@ -8,13 +8,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """tempfile.mkdtemp, but with the mode a plain mkdir gives (0777 less the umask: 0755 under umask 022), since the
+    folder is renamed into place and kept; mkdtemp's private 0700 would hide a shared dataset from other users."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+    return path
+
+
 @contextmanager
 def building(target: Path):
     """Yields an empty temporary folder beside `target`; on success it replaces `target` (an existing one is moved
     aside first and removed after), on failure it is removed and `target` is untouched."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    tmp = temp_dir(target.parent, f".{target.name}.", ".tmp")
     try:
         yield tmp
         if target.exists():

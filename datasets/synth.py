@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 from datasets.catalog import get_spec
 from datasets.errors import DataError
-from datasets.files import building
+from datasets.files import building, temp_dir
 from datasets.synth_grammar import describe, elaborate, parse, resolve, sentences, vocabulary
 from datasets.synth_scenes import PERSON_SHAPE, SHAPES, render, sample_scene
 
@@ -181,7 +180,7 @@ def ensure_synthetic(cache_dir, seed: int = 13, images: int | None = None) -> Pa
     if root.is_dir():
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=cache_dir))
+    tmp = temp_dir(cache_dir, f".{root.name}-")
     try:
         generate(tmp, seed=seed, images=images)
         os.rename(tmp, root)

@@ -276,3 +276,21 @@ def test_loader_benchmark_times_each_lever_against_the_decode_floor(synth_root):
     assert out["cpu_pipeline_decoded_once_samples_per_s"] > 0
     assert out["speedup"] == rates[-1] / rates[0] and out["samples"] == 6
     assert set(out["batch_side_cpu_ms_per_sample"]) == {"normalise", "jitter + normalise"}
+
+
+def test_folders_written_for_data_get_a_plain_mkdir_mode(tmp_path):
+    """mkdtemp's 0700 survived the rename: a shared synthetic set or prepared index was private to its writer."""
+    import os
+
+    from datasets.files import building
+    from datasets.synth import ensure_synthetic
+
+    old = os.umask(0o022)
+    try:
+        with building(tmp_path / "prepared") as tmp:
+            (tmp / "x").write_text("x")
+        root = ensure_synthetic(tmp_path / "cache", seed=13, images=5)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "prepared").stat().st_mode) == 0o755
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
