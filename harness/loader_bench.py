@@ -136,11 +136,12 @@ def per_worker(dataset, samples: int | None = None, seed: int = 13) -> dict:
         random.seed(seed)
         torch.manual_seed(seed)
         cached = _rate(_like(dataset, cache_images=True).__getitem__, n)
-        batch = collate([list(variants.values())[-1](i) for i in range(16)])  # with the jitter's draws
+        size = min(16, n)  # a batch of up to 16 samples, fewer in a smaller split
+        batch = collate([list(variants.values())[-1](i) for i in range(size)])  # with the jitter's draws
         batch_ms = {
-            "normalise": 1000 / _rate(lambda _: normalize_images(batch["image"], batch["image_mask"]), 4) / 16,
+            "normalise": 1000 / _rate(lambda _: normalize_images(batch["image"], batch["image_mask"]), 4) / size,
             "jitter + normalise": 1000 / _rate(lambda _: normalize_images(batch["image"], batch["image_mask"],
-                                                                          batch["jitter"]), 4) / 16}
+                                                                          batch["jitter"]), 4) / size}
     finally:
         torch.set_num_threads(threads)
     sizes = [f.stat().st_size for f in files]
