@@ -30,9 +30,10 @@ SETTINGS = (
 )
 
 
-def encoder_features():
+def encoder_features(images: int | None = None):
     """(make_model(seed): the tiny model with the stand-in encoders and a fusion initialised from `seed`,
-    {split: (vision features, vision mask, text features, text mask, box)} for train and val)."""
+    {split: (vision features, vision mask, text features, text mask, box)} for train and val). `images`: the size of
+    the synthetic set (None: the generator's default)."""
     from datasets.catalog import get_spec
     from datasets.rec import RECDataset
     from datasets.tokenize import build_tokenizer
@@ -42,7 +43,7 @@ def encoder_features():
     from harness.recipe import build_recipe
     from harness.train import RunConfig, build_loader, resolve_data, vocab_size_for, with_stand_in_encoders
 
-    cfg = RunConfig(method="frozen", dataset="unc", stand_in_encoders=True)
+    cfg = RunConfig(method="frozen", dataset="unc", stand_in_encoders=True, synthetic_images=images)
     spec = get_spec("unc")
     paths, tok_source, kind, _ = resolve_data(cfg, 0)
     tokenizer = build_tokenizer(tok_source)
@@ -70,13 +71,14 @@ def encoder_features():
     return make_model, features
 
 
-def train(model, features, steps: int, every: int, lr=1e-3, batch=32, warmup=0, seed=0) -> dict:
+def train(model, features, steps: int, every: int, lr=1e-3, batch=32, warmup=0, seed=0, betas=(0.9, 0.999),
+          loss_weights=None) -> dict:
     from harness.evaluate import score_boxes
     from harness.losses import rec_loss
     from harness.model.transvg import component_of
 
     params = [p for n, p in model.named_parameters() if component_of(n) in ("fusion", "head")]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, betas=betas)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     train_set, val = features["train"], features["val"]
     gen = torch.Generator().manual_seed(seed)
@@ -86,7 +88,8 @@ def train(model, features, steps: int, every: int, lr=1e-3, batch=32, warmup=0, 
         for i in range(0, len(order) - batch + 1, batch):
             idx = order[i:i + batch]
             model.train()
-            loss = rec_loss(model.fuse(*(x[idx] for x in train_set[:4])), train_set[4][idx])["loss"]
+            boxes = model.fuse(*(x[idx] for x in train_set[:4]))
+            loss = rec_loss(boxes, train_set[4][idx], **(loss_weights or {}))["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

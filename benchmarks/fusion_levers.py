@@ -1,0 +1,94 @@
+"""Which levers shorten the tiny V-L fusion's plateau (issue 28): the probe of benchmarks/fusion_plateau.py (fusion,
+projections and head trained alone on cached features of the frozen stand-in encoders, synthetic unc, eval
+transform, AdamW at the tiny recipe's 1e-3, batch 32) under changes to the fusion, the loss, the data and the
+image size, each on several seeds (a single seed's plateau exit moves by hundreds of steps).
+
+    python benchmarks/fusion_levers.py [--steps 2000] [--seeds 0,1] [--workers 2] [--only LABEL ...]
+
+Levers that are not options of the model are applied here only, for the measurement: `norm_first` rewrites each
+fusion layer's forward as a pre-norm layer (x + attn(LN(x)), x + FFN(LN(x)); TransVG's fusion is post-norm) and
+`text_blind` zeroes the text features (what the fusion learns without the expression). A changed `image_size`
+pretrains stand-in encoders at that size first (cached, minutes). Each result is val Acc@0.5 every `--every` steps.
+"""
+from __future__ import annotations
+
+import argparse
+import types
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fusion_plateau import encoder_features, train
+from harness.model import config
+from harness.records import environment, now, write_json_atomic
+
+TINY = config.PRESETS["tiny"]  # as committed; each probe derives its preset from it (pool workers are reused)
+
+LEVERS = (
+    ("recipe (post-norm, 2 layers, d 64)", {}),
+    ("pre-norm fusion", {"norm_first": True}),
+    ("1 fusion layer", {"fusion": {"layers": 1}}),
+    ("4 fusion layers", {"fusion": {"layers": 4}}),
+    ("fusion d 128, FFN 256", {"fusion": {"d_model": 128, "ffn": 256}}),
+    ("L1 x5 + GIoU x2 (DETR's weights)", {"loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
+    ("AdamW betas (0.9, 0.98)", {"betas": (0.9, 0.98)}),
+    ("4x the training images (4,000)", {"images": 4000}),
+    ("128 px (4 x 4 visual tokens)", {"image_size": 128}),
+    ("224 px (7 x 7 visual tokens)", {"image_size": 224}),
+    ("text-blind (text features zeroed)", {"text_blind": True}),
+)
+
+
+def _pre_norm(self, src, pos, key_padding_mask, taps=None):
+    x = self.norm1(src)
+    src = src + self.self_attn(x + pos, x + pos, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+    return src + self.linear2(F.relu(self.linear1(self.norm2(src))))
+
+
+def probe(label: str, lever: dict, seed: int, steps: int, every: int) -> dict:
+    """One lever at one seed, in a fresh process (the preset is changed in place for `fusion` and `image_size`)."""
+    torch.set_num_threads(1)
+    config.PRESETS["tiny"] = replace(TINY, image_size=lever.get("image_size", TINY.image_size),
+                                     fusion=replace(TINY.fusion, **lever.get("fusion", {})))
+    make_model, features = encoder_features(images=lever.get("images"))
+    if lever.get("text_blind"):
+        for split in features.values():
+            split[2] = torch.zeros_like(split[2])
+    model = make_model(seed)
+    if lever.get("norm_first"):
+        for layer in model.vl_transformer.layers:
+            layer.forward = types.MethodType(_pre_norm, layer)
+    result = train(model, features, steps, every, seed=seed, betas=lever.get("betas", (0.9, 0.999)),
+                   loss_weights=lever.get("loss", {}))
+    curve = " ".join(f"{100 * c['val_accuracy']:.0f}" for c in result["curve"])
+    print(f"{label}, seed {seed}: val Acc@0.5 every {every} steps {curve}", flush=True)
+    return {**result, "train_samples": len(features["train"][0]), "val_samples": len(features["val"][0])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--workers", type=int, default=2, help="probes in parallel, one torch thread each")
+    parser.add_argument("--only", nargs="*", help="labels (or their first words) of the levers to run")
+    parser.add_argument("--out", default="results/benchmarks/fusion_levers.json")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = [(label, lever) for label, lever in LEVERS
+              if not args.only or any(label.startswith(o) for o in args.only)]
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = {(label, seed): pool.submit(probe, label, lever, seed, args.steps, args.every)
+                   for label, lever in chosen for seed in seeds}
+        results = {label: {"lever": lever, "seeds": {seed: futures[label, seed].result() for seed in seeds}}
+                   for label, lever in chosen}
+    write_json_atomic(Path(args.out), {
+        "kind": "benchmark", "created_at": now(), "steps": args.steps, "seeds": seeds, "levers": results,
+        "env": environment(torch.device("cpu")), "what": __doc__.split("\n\n")[0].replace("\n", " ")})
+
+
+if __name__ == "__main__":
+    main()
