@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -41,6 +42,16 @@ def _accepts(annotation, value) -> bool:
     return True
 
 
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
 def _type_name(annotation) -> str:
     """int | null, list, ... in YAML's words."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -68,6 +79,8 @@ def check_values(cls, values: dict, what: str) -> dict:
         if not _accepts(annotation, value):
             raise HarnessError(f"{what} option {key} must be {_type_name(annotation)}, got {value!r} "
                                f"({type(value).__name__})")
+        if not _finite(value):  # YAML reads .inf and .nan as floats: a rate of inf trains to NaN
+            raise HarnessError(f"{what} option {key} must be finite, got {value!r}")
         out[key] = value
     return out
 

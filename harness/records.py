@@ -107,7 +107,8 @@ def write_text_atomic(path, text: str) -> Path:
 
 
 def write_json_atomic(path, data: dict) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """allow_nan=False: a NaN or inf would be written as bare NaN / Infinity, which is not JSON (a ValueError here)."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def validate_record(record, source="record") -> dict:
@@ -128,6 +129,10 @@ def validate_record(record, source="record") -> dict:
         bad = [k for k in ("accuracy", "miou", "n") if isinstance(res[k], bool) or not isinstance(res[k], (int, float))]
         if bad:
             raise HarnessError(f"{source}: results['{split}'] {bad[0]} is {res[bad[0]]!r}, not a number")
+        bad = [k for k in ("accuracy", "miou") if not 0 <= res[k] <= 1] + ([] if res["n"] >= 1 else ["n"])
+        if bad:  # NaN fails 0 <= x <= 1 too
+            raise HarnessError(f"{source}: results['{split}'] {bad[0]} is {res[bad[0]]!r}: accuracy and mIoU lie in "
+                               "[0, 1] and n is at least 1 (a damaged or hand-edited record: rerun its run)")
     return record
 
 

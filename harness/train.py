@@ -9,6 +9,7 @@ Multi-GPU: launch with torchrun (see README); ranks share the sampler and all-re
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import statistics
@@ -458,6 +459,9 @@ def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, schedu
             optimizer.step()
             value = loss["loss"].item()  # also synchronises the device before the clock is read
             t1 = time.perf_counter()
+            if not math.isfinite(value):
+                raise HarnessError(f"{cfg.run_id}: the training loss is {value} at step {state['step'] + 1} (epoch "
+                                   f"{epoch + 1}): training diverged; lower lr / lr_encoder or set clip_max_norm")
             dt, t_iter, t_prev = t1 - t0, t1 - t_prev, t1
             state["step"] += 1
             if state["step"] > WARMUP_STEPS:

@@ -296,3 +296,45 @@ def test_folders_written_for_data_get_a_plain_mkdir_mode(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "prepared").stat().st_mode) == 0o755
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
+
+
+# ---- non-finite values: refused as options, a diverged run fails, impossible results never reach a table ----------
+def test_non_finite_option_values_are_refused(data_copy, tmp_path, capsys):
+    for value in (".inf", ".nan", "-.inf"):
+        assert main(run_args(data_copy, tmp_path, "--set", f"recipe.lr={value}")) == 2
+        assert "recipe option lr must be finite" in one_line_error(capsys)
+    assert not (tmp_path / "rec").exists()
+
+
+def test_a_non_finite_loss_fails_the_run_with_its_step(data_copy, tmp_path, capsys, monkeypatch):
+    import harness.train
+
+    real = harness.train.rec_loss
+    monkeypatch.setattr(harness.train, "rec_loss", lambda pred, box: {**real(pred, box), "loss": real(pred, box)["loss"]
+                                                                      * float("nan")})
+    assert main(run_args(data_copy, tmp_path)) == 2
+    assert "the training loss is nan at step 1 (epoch 1): training diverged" in one_line_error(capsys)
+    record = json.loads((tmp_path / "rec" / "unc_frozen_tiny.json").read_text())  # strict JSON: no bare NaN
+    assert record["status"] == "failed" and "training loss is nan" in record["error"]
+
+
+@pytest.mark.parametrize("results, message", [
+    ({"val": {"accuracy": float("nan"), "miou": 0.5, "n": 10}}, "accuracy is nan"),
+    ({"val": {"accuracy": -0.1, "miou": 0.5, "n": 10}}, "accuracy is -0.1"),
+    ({"val": {"accuracy": 0.5, "miou": 0.5, "n": 0}}, "n is 0"),
+])
+def test_records_with_impossible_results_are_refused_where_they_are_read(synth_root, tmp_path, capsys, results,
+                                                                          message):
+    from harness.records import baseline_records, write_text_atomic
+    from datasets.catalog import resolve_paths
+
+    record = baseline_records("unc", {"val": {"central": 0.5, "largest": 0.5, "random": 0.5,
+                                              "miou": {"central": 0.5, "largest": 0.5, "random": 0.5}, "n": 10}},
+                              resolve_paths(synth_root))[0]
+    record["results"] = results
+    runs = tmp_path / "runs"
+    write_text_atomic(runs / "bad.json", json.dumps(record))  # json.dumps writes NaN; a hand edit could too
+    assert main(["table", "--runs", str(runs), "--profiles", str(tmp_path / "none"), "--out", str(tmp_path / "t")]) == 2
+    err = one_line_error(capsys)
+    assert "bad.json" in err and message in err
+
