@@ -12,6 +12,7 @@ Every file starts with its provenance, built from the records it used.
 """
 from __future__ import annotations
 
+import html
 import re
 import statistics
 from pathlib import Path
@@ -382,8 +383,16 @@ def curves_plot(mains, path: Path) -> Path:
 
 
 # ---- files -------------------------------------------------------------------------------------------
+def _escaped(value):
+    """Record text as one markdown cell: a "|" or a line break from a record (a method name, a tag) would add columns
+    or rows, and "<script>" would be markup."""
+    if not isinstance(value, str):
+        return value
+    return html.escape(re.sub(r"[\r\n]+", " ", value), quote=False).replace("|", "\\|")
+
+
 def _markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False, disable_numparse=True) if len(table) else "(no records)"
+    return table.map(_escaped).to_markdown(index=False, disable_numparse=True) if len(table) else "(no records)"
 
 
 def selected_runs(path) -> tuple[list[dict], str]:

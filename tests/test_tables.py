@@ -196,3 +196,21 @@ def test_seeds_of_one_configuration_share_a_row_with_mean_std_and_n(tmp_path):
     ((_, table, _),) = main_tables(read_folder(runs))
     assert list(table["method"]) == ["m2ist"]
     assert table.set_index("method").loc["m2ist", "synthetic (RefCOCO-style) val"] == "60.00 ± 10.00 (n=3)"
+
+
+def test_record_text_cannot_add_columns_rows_or_markup_to_main_md(tmp_path):
+    """A method name or tag with "|", a line break or <script> (a hand-made or foreign record) stays one cell."""
+    PARAMS["a|b\nc<script>x</script>"] = PARAMS["zeta"]
+    try:
+        runs = tmp_path / "runs"
+        for method in ("full", "a|b\nc<script>x</script>"):
+            record = make_record(method)
+            write_json_atomic(runs / f"{len(method)}.json", record)
+        build_tables(runs=runs, profiles=tmp_path / "none", out=tmp_path / "out")
+    finally:
+        del PARAMS["a|b\nc<script>x</script>"]
+    table = [line for line in (tmp_path / "out" / "main.md").read_text().splitlines() if line.startswith("|")]
+    widths = {line.replace("\\|", "").count("|") for line in table}
+    assert len(widths) == 1  # every row has the header's columns
+    assert sum("a\\|b c&lt;script&gt;x&lt;/script&gt;" in line for line in table) == 1
+    assert "<script>" not in (tmp_path / "out" / "main.md").read_text()
