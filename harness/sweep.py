@@ -9,9 +9,11 @@ more seeds. Only the val split is read: test splits never choose anything. Metho
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from datasets.catalog import get_spec
+from datasets.errors import DataError
 from harness.errors import HarnessError
 from harness.options import yaml_value
 from harness.records import now, read_record, write_json_atomic
@@ -75,7 +77,32 @@ def read_selection(path) -> dict:
                            "select`") from None
     if not isinstance(selection, dict) or selection.get("kind") != SELECTION_KIND:
         raise HarnessError(f"{path} is not a selection file (kind {SELECTION_KIND!r}, written by `harness select`)")
+    problem = _selection_problem(selection)
+    if problem:
+        raise HarnessError(f"selection file {path}: {problem}; rerun `harness select`")
     return selection
+
+
+def _selection_problem(sel: dict) -> str:
+    for field in ("key", "dataset", "split", "runs", "rule"):
+        if not isinstance(sel.get(field), str):
+            return f"'{field}' must be a string, got {sel.get(field)!r}"
+    try:
+        val = get_spec(sel["dataset"]).eval_splits[0]
+    except DataError as err:
+        return str(err)
+    if sel["split"] != val:  # a choice made on a test split would label its rows "(selected on val)" falsely
+        return f"it was chosen on {sel['dataset']} {sel['split']!r}, not on its validation split {val!r}"
+    if not isinstance(sel.get("methods"), dict) or not sel["methods"]:
+        return "'methods' must map each method to its choice"
+    for method, entry in sel["methods"].items():
+        if not isinstance(entry, dict) or "chosen" not in entry or not isinstance(entry.get("grid", {}), dict):
+            return f"method '{method}' needs 'chosen' (a value or null) and 'grid' (a mapping)"
+        chosen = entry["chosen"]
+        if chosen is not None and (isinstance(chosen, bool) or not isinstance(chosen, (int, float))
+                                   or not math.isfinite(chosen)):
+            return f"method '{method}' chose {chosen!r}, not a finite number or null"
+    return ""
 
 
 def selected_set(path, method: str) -> list[str]:

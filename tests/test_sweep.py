@@ -84,6 +84,28 @@ def test_selection_is_chosen_on_val_and_never_reads_a_test_split(tmp_path, monke
         sweep.selected_set(tmp_path / "missing.json", "lora")
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda sel: sel.update(split="testA"), "chosen on unc 'testA', not on its validation split 'val'"),
+    (lambda sel: sel.pop("methods"), "'methods' must map each method"),
+    (lambda sel: sel.update(methods=["lora"]), "'methods' must map each method"),
+    (lambda sel: sel["methods"]["lora"].pop("chosen"), "method 'lora' needs 'chosen'"),
+    (lambda sel: sel.pop("key"), "'key' must be a string"),
+    (lambda sel: sel["methods"]["lora"].update(chosen="fast"), "method 'lora' chose 'fast'"),
+])
+def test_a_damaged_or_test_split_selection_is_one_line_in_table_and_run(tmp_path, capsys, change, message):
+    sel = {"kind": sweep.SELECTION_KIND, "key": "lr_encoder", "dataset": "unc", "split": "val", "seed": 13,
+           "runs": str(tmp_path / "runs"), "rule": "...", "methods": {"lora": {"chosen": 1e-4, "grid": {}}}}
+    change(sel)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "sel.json").write_text(json.dumps(sel))
+    for argv in (["table", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--selected",
+                  str(tmp_path / "sel.json")],
+                 ["run", "--method", "lora", "--dataset", "unc", "--selected", str(tmp_path / "sel.json")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: selection file") and message in err and err.count("\n") == 1, err
+
+
 def test_a_selected_row_follows_its_published_row():
     rows = ["vlpet (selected on val)", "m2ist", "text-blind: central", "full (selected on val)", "adapter", "frozen",
             "m2ist (selected on val)", "vlpet", "full", "frozen (selected on val)", "adapter (selected on val)"]
