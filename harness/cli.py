@@ -137,13 +137,24 @@ def _cmd_run(args):
     from harness.train import RunConfig, run
 
     if args.selected:  # the sweep's choice for this method, as if given with --set
-        args.set = [*args.set, *selected_set(args.selected, args.method)]
+        chosen = selected_set(args.selected, args.method)
+        given = {item.partition("=")[0].removeprefix("recipe.").removeprefix("method.") for item in args.set}
+        clash = [c for c in chosen if c.partition("=")[0] in given]
+        if clash:
+            raise HarnessError(f"--selected gives {clash[0]} and --set gives {clash[0].partition('=')[0]} too: "
+                               "drop one")
+        args.set = [*args.set, *chosen]
     if args.random_init and (args.vision_weights or args.language_weights or args.init_checkpoint):
         raise HarnessError("--random-init contradicts --vision-weights/--language-weights/--init-checkpoint: drop one")
     config, method, recipe, sets, tag = _overrides(args)
     data = _data_section(config.get("data"), args)
-    recipe.update({k: v for k, v in {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-                                     "seed": args.seed, "num_workers": args.num_workers}.items() if v is not None})
+    flags = {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "seed": args.seed,
+             "num_workers": args.num_workers}
+    for key, value in flags.items():  # the flag would win silently while the run id names the --set value
+        if value is not None and key in recipe and recipe[key] != value:
+            raise HarnessError(f"--{key.replace('_', '-')} {value} contradicts recipe.{key}={recipe[key]} from --set "
+                               "or --config: give one")
+    recipe.update({k: v for k, v in flags.items() if v is not None})
     if args.amp:
         recipe["amp"] = True
     cfg = RunConfig(method=args.method, dataset=args.dataset, preset=args.preset, data_root=args.data_root,
@@ -231,6 +242,9 @@ def _cmd_suite(args):
         except yaml.YAMLError:
             raise HarnessError(f"--var {item!r}: VALUE is not YAML") from None
         variables[key] = parts if "," in value else parts[0]
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise HarnessError(f"{flag} must be >= 1, got {value}")
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else None
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
@@ -284,6 +298,13 @@ def _cmd_table(args):
 def _cmd_select(args):
     from harness.sweep import run_select
 
+    from dataclasses import fields
+
+    from harness.recipe import Recipe
+
+    tunable = sorted(f.name for f in fields(Recipe) if f.type in ("float", "int"))
+    if args.key not in tunable:  # an unknown key matched no grid and dropped every tuned method
+        raise HarnessError(f"select --key {args.key!r}: choose a numeric recipe option ({', '.join(tunable)})")
     run_select(args.runs, args.dataset, args.out, key=args.key, seed=args.seed)
     print(f"wrote {args.out} and {Path(args.out).with_name('sensitivity.png')}")
 

@@ -338,3 +338,20 @@ def test_records_with_impossible_results_are_refused_where_they_are_read(synth_r
     err = one_line_error(capsys)
     assert "bad.json" in err and message in err
 
+
+
+# ---- contradictions are refused, not settled silently ----------------------------------------------------------
+def test_contradicting_flags_are_refused(data_copy, tmp_path, capsys):
+    argv = run_args(data_copy, tmp_path, "--set", "recipe.epochs=3")  # run_args passes --epochs 1
+    assert main(argv) == 2
+    assert "--epochs 1 contradicts recipe.epochs=3 from --set or --config: give one" in one_line_error(capsys)
+    selection = tmp_path / "sel.json"
+    selection.write_text(json.dumps({"kind": "selection", "key": "lr_encoder", "dataset": "unc", "split": "val",
+                                     "runs": "x", "rule": "x", "methods": {"frozen": {"chosen": 1e-4, "grid": {}}}}))
+    assert main(run_args(data_copy, tmp_path, "--selected", str(selection), "--set", "lr_encoder=1.0e-3")) == 2
+    assert "--selected gives lr_encoder=0.0001 and --set gives lr_encoder too" in one_line_error(capsys)
+    assert main(["suite", "default", "--workers", "0", "--dry-run"]) == 2
+    assert "--workers must be >= 1, got 0" in one_line_error(capsys)
+    assert main(["select", "--runs", str(tmp_path), "--dataset", "unc", "--key", "bogus",
+                 "--out", str(tmp_path / "s.json")]) == 2
+    assert "select --key 'bogus': choose a numeric recipe option" in one_line_error(capsys)
