@@ -231,6 +231,8 @@ def run(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
     spec = get_spec(cfg.dataset)
     method = build_method(cfg.method, cfg.method_overrides)
+    with torch.device("meta"):  # a method that cannot apply to this preset (a LoRA target, a layer count) fails now
+        apply_method(method, build_model(cfg.preset))
     recipe = build_recipe(cfg.preset, cfg.dataset, method_defaults(cfg.method)["recipe"], cfg.recipe_overrides)
     if recipe.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise HarnessError("--amp uses bf16 autocast, which this GPU does not support: drop --amp")

@@ -45,6 +45,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora.layer import MultiheadAttention as LoraMultiheadAttention
 from torch import nn
 
+from harness.errors import HarnessError
 from methods import register
 from methods.base import Method, MethodConfig, freeze_encoders
 from methods.modules import scaled
@@ -125,6 +126,12 @@ class LoRA(Method):
         for branch, module, ranks, targets in (
                 ("vision", model.visumodel.encoder, c.rank_vision, c.targets_vision),
                 ("language", model.textmodel.bert, c.rank_language, c.targets_language)):
+            names = [n for n, _ in module.named_modules()]
+            unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+            if unknown:  # peft would raise its own traceback; say which names exist
+                leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.split(".")[-1].isdigit()})
+                raise HarnessError(f"LoRA targets_{branch} {unknown} match no module of the {branch} encoder; its "
+                                   f"module names: {', '.join(leaves)}")
             r = scaled(ranks, branch, model.config)
             scale = 1.0 if c.alpha is None else c.alpha / ranks  # alpha / r at the paper preset
             config = LoraConfig(r=r, lora_alpha=scale * r, lora_dropout=c.dropout,

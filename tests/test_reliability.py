@@ -355,3 +355,14 @@ def test_contradicting_flags_are_refused(data_copy, tmp_path, capsys):
     assert main(["select", "--runs", str(tmp_path), "--dataset", "unc", "--key", "bogus",
                  "--out", str(tmp_path / "s.json")]) == 2
     assert "select --key 'bogus': choose a numeric recipe option" in one_line_error(capsys)
+
+
+def test_a_method_that_cannot_apply_fails_before_the_data_loads(tmp_path, capsys, monkeypatch):
+    import datasets.index
+
+    monkeypatch.setattr(datasets.index, "load_split", lambda *a, **k: pytest.fail("the data was read first"))
+    argv = ["run", "--method", "lora", "--dataset", "unc", "--data-root", str(tmp_path / "nowhere"), "--device", "cpu",
+            "--output", str(tmp_path / "rec"), "--work-dir", str(tmp_path / "work")]
+    assert main([*argv, "--set", "targets_language=[quary]"]) == 2
+    err = one_line_error(capsys)
+    assert "LoRA targets_language ['quary'] match no module of the language encoder" in err and "query" in err
