@@ -36,3 +36,18 @@ def building(target: Path):
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_entries(src: Path, dst: Path, entries) -> None:
+    """Move each of `entries` (paths relative to `src`) into `dst`, replacing what is there under the same path and
+    leaving everything else in `dst`; each replacement is a rename (an old entry is moved aside, then removed)."""
+    for rel in entries:
+        new, old = Path(src) / rel, Path(dst) / rel
+        old.parent.mkdir(parents=True, exist_ok=True)
+        if old.exists():
+            aside = temp_dir(old.parent, f".{old.name}.", ".old")
+            os.replace(old, aside / "x")
+            os.replace(new, old)
+            shutil.rmtree(aside)
+        else:
+            os.replace(new, old)

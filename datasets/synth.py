@@ -24,7 +24,7 @@ import torch
 
 from datasets.catalog import get_spec
 from datasets.errors import DataError
-from datasets.files import building, temp_dir
+from datasets.files import building, replace_entries, temp_dir
 from datasets.synth_grammar import describe, elaborate, parse, resolve, sentences, vocabulary
 from datasets.synth_scenes import PERSON_SHAPE, SHAPES, render, sample_scene
 
@@ -167,9 +167,24 @@ def write_synthetic(root, seed: int = 13, images: int | None = None, force: bool
     if root.is_dir() and any(root.iterdir()) and not (root / "scenes.json").is_file() and not force:
         raise DataError(f"{root} is not empty and holds no synthetic set (no scenes.json): choose an empty folder, "
                         "or pass --force to replace the whole folder")
-    with building(root) as tmp:
-        summary = generate(tmp, seed=seed, images=images)
+    if (root / "scenes.json").is_file() and not force:  # a set of ours: replace what it wrote, keep the user's files
+        tmp = temp_dir(root.parent, f".{root.name}.", ".tmp")
+        try:
+            summary = generate(tmp, seed=seed, images=images)
+            replace_entries(tmp, root, _generated(tmp))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with building(root) as tmp:
+            summary = generate(tmp, seed=seed, images=images)
     return summary.replace(str(tmp), str(root))
+
+
+def _generated(root: Path) -> list[Path]:
+    """What `generate` writes, relative to its root: each name's index folder and image folder, the vocabulary, and
+    scenes.json last (it marks a complete set)."""
+    image_dirs = dict.fromkeys(Path("ln_data") / get_spec(name).image_dir for name in FLAVOURS)
+    return [*(Path("data") / name for name in FLAVOURS), *image_dirs, Path("vocab.txt"), Path("scenes.json")]
 
 
 def ensure_synthetic(cache_dir, seed: int = 13, images: int | None = None) -> Path:

@@ -26,7 +26,13 @@ def test_synth_refuses_a_folder_it_did_not_write(tmp_path):
     assert (mine / "data" / "unc" / "unc_train.pth").read_bytes() == b"real index"
     write_synthetic(mine, images=5, force=True)
     assert (mine / "scenes.json").is_file() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
-    write_synthetic(mine, images=5)  # a synthetic set may be rewritten without --force
+    (mine / "NOTES.txt").write_text("mine")
+    (mine / "my_runs").mkdir()
+    (mine / "data" / "mine").mkdir()
+    write_synthetic(mine, images=6)  # a synthetic set may be rewritten without --force ...
+    assert (mine / "NOTES.txt").read_text() == "mine" and (mine / "my_runs").is_dir() and (mine / "data" / "mine").is_dir()
+    assert json.loads((mine / "scenes.json").read_text())["images_per_name"] == 6  # ... and its own files are new
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
 def test_a_synthetic_set_given_as_data_root_is_recorded_as_synthetic(synth_root, tmp_path):
