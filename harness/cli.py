@@ -5,13 +5,17 @@ Errors that are the user's to fix (HarnessError, DataError) end in one line on s
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import yaml
 
 from datasets.errors import DataError
 from harness.errors import HarnessError
+from harness.executor import PARENT_ENV
 
 
 def _cmd_data_synth(args):
@@ -526,9 +530,30 @@ def _one_line(err: Exception) -> str:
     return text
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a suite stopping its jobs, SLURM ending a job, a kill) interrupts like Ctrl-C, so a run writes its
+    `interrupted` record; a suite's job also gets SIGTERM when the suite that started it dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), instead of running on as an orphan that holds its run's lock."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    parent = os.environ.get(PARENT_ENV)
+    if parent and sys.platform.startswith("linux") and str(os.getppid()) == parent:  # torchrun's ranks: not ours
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        if str(os.getppid()) != parent:  # the suite died before the line above
+            raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _stop_on_sigterm()
         args.func(args)
     except (HarnessError, DataError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)

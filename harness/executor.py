@@ -9,14 +9,18 @@ was skipped (an up-to-date record) and what failed, with each job's log.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -29,7 +33,7 @@ SKIPPED_MARK = re.compile(r": up to date \(.*\), skipped$", re.MULTILINE)  # wha
 class Outcome:
     job: str
     argv: list
-    status: str  # ok | skipped | failed
+    status: str  # ok | skipped | failed | interrupted (the suite was stopped: ended by its signal, or not started)
     seconds: float
     message: str  # the error line of a failed job
     log: str
@@ -55,12 +59,31 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_")
 
 
+def log_paths(jobs: list[Job], log_dir: Path) -> dict[Job, Path]:
+    """Each job's log: its name as a file name, and where two jobs would share one (they differ only in flags that
+    do not name them, e.g. `tag:`), 8 hex digits of the command line after it, so no job truncates another's log."""
+    names = [_slug(job.name) for job in jobs]
+    clash = {n for n in names if names.count(n) > 1}
+    paths = {}
+    for job, name in zip(jobs, names):
+        if name in clash:
+            name += "-" + hashlib.sha256(" ".join(job.argv).encode()).hexdigest()[:8]
+        paths[job] = log_dir / f"{name}.log"
+    return paths
+
+
 def _environment(threads: int | None, gpu: str | None = None) -> dict:
     """What a job's environment adds to the one it starts in (on a cluster node: the node's, SLURM's included)."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
+
+
+# The jobs running now, so that a signal to the suite reaches them (forward_signals), and the signal that stops it.
+_RUNNING: set = set()
+_STOPPED: list = []
+PARENT_ENV = "REC_BENCH_SUITE_PID"  # a job dies with the suite that started it (harness.cli: die_with_parent)
 
 
 def run_command(argv: list, log: str, extra_env: dict | None = None, nproc: int = 1) -> int:
@@ -74,8 +97,35 @@ def run_command(argv: list, log: str, extra_env: dict | None = None, nproc: int 
     with open(log, "w") as out:
         out.write(f"$ harness {' '.join(argv)}\n")
         out.flush()
-        return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, **(extra_env or {})}).returncode
+        env = {**os.environ, **(extra_env or {}), PARENT_ENV: str(os.getpid())}
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _RUNNING.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            _RUNNING.discard(proc)
+
+
+@contextmanager
+def forward_signals():
+    """SIGINT / SIGTERM to the suite go on to its running jobs (each writes its interrupted record and ends), no new
+    job starts, and the suite still writes its record; the signal is kept in _STOPPED. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOPPED.clear()
+
+    def stop(signum, _frame):
+        _STOPPED.append(signal.Signals(signum).name)
+        for proc in list(_RUNNING):
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _outcome(job: Job, returncode: int, seconds: float, log: Path, message: str = "") -> Outcome:
@@ -83,13 +133,13 @@ def _outcome(job: Job, returncode: int, seconds: float, log: Path, message: str 
     if returncode != 0:
         lines = [line for line in text.splitlines() if line.startswith("error:")] or text.splitlines()[-1:]
         message = message or (lines or [f"exit {returncode}"])[-1]
-        return Outcome(job.name, list(job.argv), "failed", seconds, message, str(log))
+        status = "interrupted" if _STOPPED else "failed"
+        return Outcome(job.name, list(job.argv), status, seconds, message, str(log))
     status = "skipped" if SKIPPED_MARK.search(text) else "ok"
     return Outcome(job.name, list(job.argv), status, seconds, "", str(log))
 
 
-def run_job(job: Job, log_dir: Path, threads: int, gpu: str | None = None) -> Outcome:
-    log = log_dir / f"{_slug(job.name)}.log"
+def run_job(job: Job, log: Path, threads: int, gpu: str | None = None) -> Outcome:
     t0 = time.perf_counter()
     returncode = run_command(list(job.argv), str(log), _environment(threads, gpu))
     return _outcome(job, returncode, time.perf_counter() - t0, log)
@@ -126,10 +176,9 @@ class Submitit:
             params["slurm_partition"] = partition
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
 
-    def run(self, phase: list[Job], log_dir: Path) -> list[Outcome]:
+    def run(self, phase: list[Job], logs: list[Path]) -> list[Outcome]:
         from harness.errors import HarnessError
 
-        logs = [log_dir / f"{_slug(job.name)}.log" for job in phase]
         nprocs = [self.gpus if job.argv[0] == "run" and self.gpus > 1 else 1 for job in phase]
         t0 = time.perf_counter()
         try:
@@ -159,6 +208,7 @@ def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: 
     all of it submitted through `launcher`."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
+    logs = log_paths(jobs, log_dir)
     outcomes, done = [], 0
     free = queue.Queue()
     for gpu in gpus or []:
@@ -166,9 +216,11 @@ def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: 
     width = len(gpus) if gpus else workers
 
     def one(job: Job) -> Outcome:
+        if _STOPPED:  # the suite was told to stop: start nothing more
+            return Outcome(job.name, list(job.argv), "interrupted", 0.0, f"not started ({_STOPPED[0]})", "")
         gpu = free.get() if gpus else None
         try:
-            return run_job(job, log_dir, threads, gpu)
+            return run_job(job, logs[job], threads, gpu)
         finally:
             if gpus:
                 free.put(gpu)
@@ -180,8 +232,10 @@ def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: 
         log(f"[{done}/{len(jobs)}] {outcome.status:<7} {outcome.seconds:7.1f} s  {outcome.job}{note}")
 
     for phase in phases(jobs):
-        if launcher is not None and not phase[0].barrier:
-            results = launcher.run(phase, log_dir)
+        if _STOPPED:
+            results = [one(job) for job in phase]
+        elif launcher is not None and not phase[0].barrier:
+            results = launcher.run(phase, [logs[job] for job in phase])
             for outcome in results:
                 report(outcome)
         else:
@@ -195,9 +249,10 @@ def execute(jobs: list[Job], log_dir, workers: int = 2, threads: int = 1, gpus: 
 
 
 def summary(name: str, outcomes: list[Outcome], wall_s: float) -> str:
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed", "interrupted")}
     lines = [f"suite {name}: {counts['ok']} ran, {counts['skipped']} skipped (up to date), {counts['failed']} failed "
-             f"in {wall_s:.0f} s ({wall_s / 60:.1f} min)"]
+             + (f"({counts['interrupted']} interrupted by {_STOPPED[0]}) " if _STOPPED else "")
+             + f"in {wall_s:.0f} s ({wall_s / 60:.1f} min)"]
     lines += [f"  FAILED {o.job}: {o.message} (log: {o.log})" for o in outcomes if o.status == "failed"]
     return "\n".join(lines)
 
@@ -213,6 +268,8 @@ def suite_record(name: str, path: str, outcomes: list[Outcome], wall_s: float, w
             "ran": [o.job for o in outcomes if o.status == "ok"],
             "skipped": [o.job for o in outcomes if o.status == "skipped"],
             "failed": [o.job for o in outcomes if o.status == "failed"],
+            "interrupted": [o.job for o in outcomes if o.status == "interrupted"], "stopped_by": _STOPPED[0] if _STOPPED
+            else None,
             "jobs": [asdict(o) for o in outcomes]}
 
 
@@ -221,6 +278,7 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
               seeds: list[int] | None = None, log=say, launcher: dict | None = None) -> dict | None:
     """`harness suite NAME`: expand, execute, summarise, write the suite record; HarnessError if a job failed."""
     from harness.errors import HarnessError
+    from harness.locks import FolderLock
     from harness.records import write_json_atomic
     from harness.suites import expand, load_suite
 
@@ -250,13 +308,19 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
         log(f"suite {name}: {len(jobs)} jobs, {workers} at a time, {threads} torch thread(s) each"
             + (f", GPUs {','.join(gpus)}" if gpus else "") + f"; logs in {logs}/")
     start = time.perf_counter()
-    outcomes = execute(jobs, logs, workers=workers, threads=threads, gpus=gpus, log=log, launcher=submit)
-    wall = time.perf_counter() - start
-    result = suite_record(name, suite["path"], outcomes, wall, workers, threads, gpus)
-    if launcher:
-        result["machine"]["launcher"] = {k: str(v) for k, v in launcher.items()}
-    path = write_json_atomic(record or f"results/suites/{name}.json", result)
+    busy = (lambda pid: f"another suite (pid {pid}) writes its job logs in {logs}/: wait for it to end, or give this "
+            "one another --logs folder")
+    with FolderLock(logs, "suite.lock", busy), forward_signals():  # two suites in one folder truncated each other's logs
+        outcomes = execute(jobs, logs, workers=workers, threads=threads, gpus=gpus, log=log, launcher=submit)
+        wall = time.perf_counter() - start
+        result = suite_record(name, suite["path"], outcomes, wall, workers, threads, gpus)
+        if launcher:
+            result["machine"]["launcher"] = {k: str(v) for k, v in launcher.items()}
+        path = write_json_atomic(record or f"results/suites/{name}.json", result)
     log(summary(name, outcomes, wall) + f"\nsuite record: {path}")
+    if result["interrupted"]:
+        raise HarnessError(f"suite stopped by {_STOPPED[0]}: {len(result['interrupted'])} of {len(jobs)} jobs "
+                           "interrupted; rerun the same command to resume them")
     if result["failed"]:
         raise HarnessError(f"{len(result['failed'])} of {len(jobs)} jobs failed (listed above)")
     return result

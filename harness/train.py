@@ -37,6 +37,7 @@ from harness.errors import HarnessError
 from harness.evaluate import evaluate
 from harness.flops import forward_flops, train_step_flops
 from harness.losses import rec_loss
+from harness.locks import FolderLock
 from harness.model import build_model, count_parameters, get_config
 from harness.model.weights import (state_dict_of, load_language_weights, load_vision_weights,
                                    load_whole_model_state, read_checkpoint)
@@ -361,37 +362,11 @@ def run(cfg: RunConfig) -> dict:
         return record
 
 
-class RunLock:
+def RunLock(run_dir: Path, rank: int = 0) -> FolderLock:
     """An exclusive lock on a run folder for the whole run (rank 0): a second run with the same run id refuses in
-    one line instead of deleting or overwriting the first one's checkpoints. flock is released by the kernel
-    when the holder dies, so a killed run leaves no stale lock."""
-
-    def __init__(self, run_dir: Path, rank: int = 0):
-        self.path, self.rank, self.fd = run_dir / "run.lock", rank, None
-
-    def __enter__(self):
-        if self.rank:
-            return self
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise HarnessError(f"{self.path.parent} is in use by another run (pid {holder}): wait for it to end, or "
-                               "give this one another --tag or --work-dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # releases the flock
-            self.fd = None
+    one line instead of deleting or overwriting the first one's checkpoints."""
+    return FolderLock(run_dir, "run.lock", lambda pid: f"{run_dir} is in use by another run (pid {pid}): wait for it "
+                      "to end, or give this one another --tag or --work-dir", active=rank == 0)
 
 
 def _start_state(cfg, model, optimizer, scheduler, run_dir: Path, chash: str, rank: int) -> dict:

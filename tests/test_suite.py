@@ -87,7 +87,7 @@ def test_each_job_is_reported_as_it_ends_and_recorded_in_suite_order(monkeypatch
 
     slow_may_end = threading.Event()
 
-    def run_job(job, log_dir, threads, gpu=None):
+    def run_job(job, log, threads, gpu=None):
         if job.name == "slow":
             assert slow_may_end.wait(10)  # ends only once the fast job has been reported
         return executor.Outcome(job.name, list(job.argv), "ok", 0.0, "", "")
@@ -102,3 +102,89 @@ def test_each_job_is_reported_as_it_ends_and_recorded_in_suite_order(monkeypatch
     outcomes = executor.execute([Job("slow", ("run",)), Job("fast", ("run",))], tmp_path, workers=2, log=log)
     assert [line.split()[-1] for line in lines] == ["fast", "slow"]
     assert [o.job for o in outcomes] == ["slow", "fast"]
+
+
+# ---- a stopped or killed suite: no orphans, no shared logs -------------------------------------------------------
+def test_jobs_that_differ_only_in_unnamed_flags_get_their_own_logs(tmp_path):
+    from harness.executor import log_paths
+    from harness.suites import Job
+
+    jobs = [Job("run frozen_unc", ("run", "--tag", "a")), Job("run frozen_unc", ("run", "--tag", "b")),
+            Job("table", ("table",))]
+    logs = log_paths(jobs, tmp_path)
+    assert len(set(logs.values())) == 3 and logs[jobs[2]] == tmp_path / "table.log"
+    assert all(logs[j].name.startswith("run_frozen_unc-") for j in jobs[:2])
+
+
+def test_a_second_suite_on_the_same_log_folder_is_refused(tiny_suite, tmp_path, capsys):
+    from harness.locks import FolderLock
+
+    path = tiny_suite(["frozen"])
+    with FolderLock(tmp_path / "logs", "suite.lock", str):  # another suite writing there
+        assert main(suite_args(path, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "writes its job logs in" in err and err.count("\n") == 1
+
+
+def _slow_suite(tiny_suite, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    path = tiny_suite(["frozen"])
+    text = path.read_text().replace("max_steps: 2", "max_steps: 100000").replace("epochs: 1", "epochs: 1000")
+    path.write_text(text)
+    suite = subprocess.Popen([sys.executable, "-m", "harness.cli", *suite_args(path, tmp_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ)
+    run_dir = tmp_path / "work" / "rec" / "unc_frozen_tiny"
+    deadline = time.time() + 120
+    while not (run_dir / "last.pth").is_file() and time.time() < deadline:  # the job is in its epoch loop
+        time.sleep(0.2)
+    assert (run_dir / "last.pth").is_file(), suite.communicate()[0]
+    return suite, int((run_dir / "run.lock").read_text())
+
+
+def _ends(pid, seconds=60):
+    import os
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie child of a dead parent counts as ended
+            if open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigterm_to_a_suite_stops_its_jobs_and_writes_its_record(tiny_suite, tmp_path):
+    import signal
+
+    suite, job = _slow_suite(tiny_suite, tmp_path)
+    suite.send_signal(signal.SIGTERM)
+    out, _ = suite.communicate(timeout=120)
+    assert suite.returncode == 2 and "suite stopped by SIGTERM" in out, out
+    assert _ends(job, 10)
+    record = json.loads((tmp_path / "suite.json").read_text())
+    assert record["interrupted"] == ["run frozen_unc", "table"] and record["stopped_by"] == "SIGTERM"
+    run = json.loads((tmp_path / "rec" / "unc_frozen_tiny.json").read_text())
+    assert run["status"] == "interrupted"
+
+
+def test_a_killed_suite_takes_its_jobs_with_it(tiny_suite, tmp_path):
+    import os
+    import signal
+
+    suite, job = _slow_suite(tiny_suite, tmp_path)
+    os.kill(suite.pid, signal.SIGKILL)
+    suite.communicate(timeout=30)
+    assert _ends(job), "the job outlived its suite"
+    run = json.loads((tmp_path / "rec" / "unc_frozen_tiny.json").read_text())
+    assert run["status"] == "interrupted"  # it got SIGTERM from the kernel and wrote its record
