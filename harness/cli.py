@@ -261,7 +261,24 @@ def _cmd_suite(args):
     elif args.partition or args.gpus_per_job or args.time or args.submitit_folder:
         raise HarnessError("--partition, --gpus-per-job, --time and --submitit-folder go with --launcher slurm")
     run_suite(args.name, variables, workers=args.workers, threads=args.threads, gpus=gpus, force=args.force,
-              dry_run=args.dry_run, logs=args.logs, record=args.record, seeds=seeds, launcher=launcher)
+              dry_run=args.dry_run, logs=args.logs, record=args.record, seeds=seeds, launcher=launcher,
+              check=_check_job)
+
+
+def _check_job(argv: list, name: str) -> None:
+    """A suite job's command line as the CLI would parse it, before any job runs (an unknown flag used to surface
+    only when its job ran, possibly hours in)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            build_parser().parse_args(argv)
+    except SystemExit:
+        lines = err.getvalue().strip().splitlines()
+        raise HarnessError(f"suite job '{name}': {lines[-1] if lines else 'bad command line'} "
+                           f"(harness {' '.join(argv)})") from None
 
 
 def _minutes(text: str | None) -> int | None:

@@ -275,8 +275,9 @@ def suite_record(name: str, path: str, outcomes: list[Outcome], wall_s: float, w
 
 def run_suite(name: str, variables: dict | None = None, workers: int | None = None, threads: int | None = None,
               gpus: list[str] | None = None, force: bool = False, dry_run: bool = False, logs=None, record=None,
-              seeds: list[int] | None = None, log=say, launcher: dict | None = None) -> dict | None:
-    """`harness suite NAME`: expand, execute, summarise, write the suite record; HarnessError if a job failed."""
+              seeds: list[int] | None = None, log=say, launcher: dict | None = None, check=None) -> dict | None:
+    """`harness suite NAME`: expand, execute, summarise, write the suite record; HarnessError if a job failed.
+    `check(argv)`: refuses a job's command line before anything runs (the CLI's parser: a flag no command has)."""
     from harness.errors import HarnessError
     from harness.locks import FolderLock
     from harness.records import write_json_atomic
@@ -287,6 +288,8 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
     if force:  # redo what is up to date: no skipping, and finished checkpoints are discarded, saying so
         jobs = [replace(j, argv=tuple(a for a in j.argv if a != "--skip-done")
                         + (("--restart",) if j.argv[0] == "run" else ())) for j in jobs]
+    for job in jobs if check else []:
+        check(list(job.argv), job.name)
     if dry_run:
         for job in jobs:
             log(("-- barrier -- " if job.barrier else "") + "harness " + " ".join(job.argv))

@@ -91,6 +91,8 @@ def expand(suite: dict, variables: dict | None = None, methods: list[str] | None
         (command, flags), = entry.items()
         if command not in COMMANDS:
             raise HarnessError(f"{where}: unknown job {command!r}; known: {', '.join(COMMANDS)}")
+        if flags is not None and not isinstance(flags, dict):
+            raise HarnessError(f"{where}: the flags of `{command}` must be a mapping of flag: value, got {flags!r}")
         flags = dict(flags or {})
         if not all(isinstance(k, str) for k in flags):
             raise HarnessError(f"{where}: flag names must be strings")

@@ -32,12 +32,24 @@ def suite_args(path, tmp_path, *extra):
     ("jobs: []\nschedule: 3", "unknown key\\(s\\) schedule"),
     ("description: no jobs", "needs a `jobs:` list"),
     ("jobs: [{run: {output: '{where}'}}]", "\\{where\\} is not set"),
+    ("jobs: [{run: [a, b]}]", "the flags of `run` must be a mapping"),
+    ("jobs: [{run: 5}]", "the flags of `run` must be a mapping"),
 ])
 def test_bad_suite_files_are_one_line(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(HarnessError, match=message):
         expand(load_suite(str(path)))
+
+
+def test_a_job_flag_no_command_has_is_refused_before_any_job_runs(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"jobs": [{"table": {"out": str(tmp_path / "t")}},
+                                             {"run": {"method": "frozen", "dataset": "unc", "bogus": 3}}]}))
+    assert main(["suite", str(path), "--logs", str(tmp_path / "logs"), "--record", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "suite job 'run frozen_unc': harness: error: unrecognized arguments: --bogus 3" in err, err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "r.json").exists()  # the table job did not run
 
 
 def test_named_suites_parse_and_unknown_names_are_refused(capsys):
