@@ -25,6 +25,11 @@ REQUIRED = {
     "error": (str, type(None)), "created_at": str, "config_hash": str,
 }
 STATUSES = ("ok", "failed", "interrupted")
+# nested fields the tables and `select` read: (path, type(s)), checked where present
+NESTED = ((("env", "git"), dict), (("train",), dict), (("train", "history"), list), (("recipe", "seed"), int),
+          (("recipe", "epochs"), int), (("recipe", "batch_size"), int), (("recipe", "lr"), (int, float)),
+          (("recipe", "lr_encoder"), (int, float)), (("recipe", "amp"), bool))
+COUNTS = ("encoder_side_trainable", "trainable", "total")  # params of a finished run or profile
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "peft", "fvcore", "numpy")
 
 
@@ -123,6 +128,21 @@ def validate_record(record, source="record") -> dict:
         raise HarnessError(f"{source}: schema {record['schema']}, this code reads {SCHEMA_VERSION}")
     if record["status"] not in STATUSES:
         raise HarnessError(f"{source}: status '{record['status']}' is not one of {STATUSES}")
+    for path, types in NESTED:
+        parent = record
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        value = parent.get(path[-1]) if isinstance(parent, dict) else None
+        if value is not None and (not isinstance(value, types) or (types in (int, (int, float))
+                                                                    and isinstance(value, bool))):
+            raise HarnessError(f"{source}: field '{'.'.join(path)}' is {value!r} ({type(value).__name__}): a damaged "
+                               "or hand-edited record; rerun its run")
+    if record["kind"] in ("run", "profile") and record["status"] == "ok":
+        bad = [k for k in COUNTS if isinstance(record["params"].get(k), bool)
+               or not isinstance(record["params"].get(k), int)]
+        if bad:
+            raise HarnessError(f"{source}: params.{bad[0]} is {record['params'].get(bad[0])!r}, not a count: a "
+                               "damaged or hand-edited record; rerun its run")
     for split, res in record["results"].items():
         if not isinstance(res, dict) or not {"accuracy", "miou", "n"} <= set(res):
             raise HarnessError(f"{source}: results['{split}'] needs accuracy, miou and n")

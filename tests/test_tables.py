@@ -214,3 +214,24 @@ def test_record_text_cannot_add_columns_rows_or_markup_to_main_md(tmp_path):
     assert len(widths) == 1  # every row has the header's columns
     assert sum("a\\|b c&lt;script&gt;x&lt;/script&gt;" in line for line in table) == 1
     assert "<script>" not in (tmp_path / "out" / "main.md").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(params={}), "params.encoder_side_trainable is None, not a count"),
+    (lambda r: r["recipe"].update(lr_encoder="fast"), "field 'recipe.lr_encoder' is 'fast'"),
+    (lambda r: r.update(train="x"), "field 'train' is 'x'"),
+    (lambda r: r["recipe"].update(seed=[13]), "field 'recipe.seed' is [13]"),
+    (lambda r: r["env"].update(git="abc"), "field 'env.git' is 'abc'"),
+])
+def test_a_record_of_the_wrong_shape_is_one_line_in_table_and_select(tmp_path, capsys, change, message):
+    from harness.cli import main
+
+    record = make_record("full")
+    change(record)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "x.json").write_text(json.dumps(record))
+    for argv in (["table", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "t")],
+                 ["select", "--runs", str(tmp_path / "runs"), "--dataset", "unc", "--out", str(tmp_path / "s.json")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "x.json" in err and message in err and err.count("\n") == 1, err
