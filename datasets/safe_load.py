@@ -97,7 +97,8 @@ def torch_load(path, trust: bool = False, what: str = "file"):
             raise DataError(f"{what} {path} holds {refused.group(1)}; no index, weight or checkpoint file does: "
                             "it is damaged or crafted, get it again from its source") from None
         if not trust:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+            # torch words an object outside the allow-list in two ways: not allowed, or from a blocked module (os, sys)
+            found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
             if found is None:
                 raise  # not a refused object type: a broken file, for the caller to word
             raise UnsafeFileError(f"{what} {path} needs the full unpickler ({found.group(1)}), which can run any "

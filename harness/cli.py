@@ -119,7 +119,7 @@ def _data_section(data, args) -> dict:
 
 def _overrides(args):
     """(method overrides, recipe overrides, --set overrides, run-id tag): --config file sections, then --set."""
-    from harness.options import overrides_tag, parse_sets
+    from harness.options import MAX_TAG, overrides_tag, parse_sets
     from harness.recipe import Recipe
     from methods import method_class
 
@@ -127,9 +127,10 @@ def _overrides(args):
     set_method, set_recipe = parse_sets(args.set, method_class(args.method).Config, Recipe, f"method '{args.method}'")
     method = {**(config.get("method") or {}), **set_method}
     recipe = {**(config.get("recipe") or {}), **set_recipe}
-    if args.tag is not None and (not args.tag or not all(c.isalnum() or c in "-_.+=" for c in args.tag)):
-        raise HarnessError(f"--tag {args.tag!r}: use letters, digits and - _ . + = only (it becomes part of file "
-                           "names)")
+    if args.tag is not None and (not args.tag or not all(c.isalnum() or c in "-_.+=" for c in args.tag)
+                                 or len(args.tag) > MAX_TAG):
+        raise HarnessError(f"--tag {args.tag[:40]!r}: use up to {MAX_TAG} letters, digits and - _ . + = (it becomes "
+                           "part of file names)")
     # a seed other than the recipe's is part of the run id, so that the seeds of one configuration sit side by side
     seed = f"seed{args.seed}" if getattr(args, "seed", None) is not None and args.seed != Recipe.seed else None
     tag = "_".join(t for t in (args.tag, overrides_tag(set_method, set_recipe), seed) if t) or None

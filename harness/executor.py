@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -296,6 +297,14 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
         return None
     name = Path(suite["path"]).stem
     logs = Path(logs or f"runs/suite-logs/{name}")
+    record = Path(record or f"results/suites/{name}.json")
+    for folder, flag in ((record.parent, "--record"), (logs, "--logs")):  # found now, not after hours of jobs
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise HarnessError(f"cannot write to {folder} ({err.strerror}): choose another {flag}") from None
     if launcher:  # runs and profiles go to submitit; the job's allocation decides their threads unless --threads
         submit = Submitit(folder=launcher.get("folder") or logs / "submitit", threads=threads,
                           **{k: v for k, v in launcher.items() if k != "folder"})
@@ -319,7 +328,7 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
         result = suite_record(name, suite["path"], outcomes, wall, workers, threads, gpus)
         if launcher:
             result["machine"]["launcher"] = {k: str(v) for k, v in launcher.items()}
-        path = write_json_atomic(record or f"results/suites/{name}.json", result)
+        path = write_json_atomic(record, result)
     log(summary(name, outcomes, wall) + f"\nsuite record: {path}")
     if result["interrupted"]:
         raise HarnessError(f"suite stopped by {_STOPPED[0]}: {len(result['interrupted'])} of {len(jobs)} jobs "

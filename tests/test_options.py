@@ -78,9 +78,14 @@ def test_overrides_that_read_alike_never_share_a_run_id(a, b):
     assert overrides_tag(a, {}) == tag_a  # stable: a rerun finds its own record
 
 
-def test_overrides_too_long_for_a_file_name_are_refused():
+def test_overrides_or_tags_too_long_for_a_file_name_are_refused(capsys):
+    from harness.cli import main
+
     with pytest.raises(HarnessError, match="too long for a file name"):
         overrides_tag({"targets_language": ["query"] * 40}, {})
+    assert main(["run", "--method", "frozen", "--dataset", "unc", "--tag", "x" * 300]) == 2
+    err = capsys.readouterr().err
+    assert "--tag 'xxxx" in err and "use up to 160" in err and "File name too long" not in err
 
 
 def test_run_with_set_records_the_override_and_tags_the_run_id(tmp_path, monkeypatch, capsys):

@@ -126,3 +126,18 @@ def test_plain_numpy_arrays_and_scalars_still_load(tmp_path):
     loaded = torch_load(tmp_path / "plain.pth")
     assert np.array_equal(loaded[0][2], rows[0][2]) and list(loaded[0][4]) == ["a", "b"] and loaded[1] == 3
     assert np.array_equal(loaded[2], rows[2]) and loaded[3]
+
+
+class SystemPayload:
+    """os.system: torch reports its module as blocked, in other words than for an object it merely does not allow."""
+
+    def __reduce__(self):
+        import os
+
+        return os.system, ("true",)
+
+
+def test_a_blocked_module_is_named_with_the_trust_flag(tmp_path):
+    torch.save({"x": SystemPayload()}, tmp_path / "blocked.pth")
+    with pytest.raises(UnsafeFileError, match=r"blocked.pth needs the full unpickler \((posix|nt)\.system\).*--trust-pickles"):
+        torch_load(tmp_path / "blocked.pth", what="checkpoint")

@@ -200,3 +200,13 @@ def test_a_killed_suite_takes_its_jobs_with_it(tiny_suite, tmp_path):
     assert _ends(job), "the job outlived its suite"
     run = json.loads((tmp_path / "rec" / "unc_frozen_tiny.json").read_text())
     assert run["status"] == "interrupted"  # it got SIGTERM from the kernel and wrote its record
+
+
+def test_an_unwritable_suite_record_is_found_before_any_job_runs(tiny_suite, tmp_path, capsys):
+    path = tiny_suite(["frozen"])
+    (tmp_path / "blocker").write_text("a file where the record's folder should be")
+    argv = ["suite", str(path), "--logs", str(tmp_path / "logs"), "--record", str(tmp_path / "blocker" / "s.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to" in err and "choose another --record" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "rec").exists()  # no job ran
