@@ -369,12 +369,16 @@ def RunLock(run_dir: Path, rank: int = 0) -> FolderLock:
                       "to end, or give this one another --tag or --work-dir", active=rank == 0)
 
 
+def _fresh_state() -> dict:
+    return {"epoch": 0, "step": 0, "best": {"accuracy": -1.0, "epoch": None}, "history": [], "step_times": [],
+            "iteration_times": [], "epoch_times": []}
+
+
 def _start_state(cfg, model, optimizer, scheduler, run_dir: Path, chash: str, rank: int) -> dict:
     """Where training starts: the run's own last checkpoint if there is one (an interrupted run resumes by
     default), else epoch 0. Checkpoints are deleted only by --restart, or under --skip-done when they belong to
     an older configuration, and each deletion is said."""
-    state = {"epoch": 0, "step": 0, "best": {"accuracy": -1.0, "epoch": None}, "history": [], "step_times": [],
-             "iteration_times": [], "epoch_times": []}
+    state = _fresh_state()
     last, best = run_dir / "last.pth", run_dir / "best.pth"
     say = print if rank == 0 else (lambda *a: None)
     ckpt = None
@@ -383,6 +387,9 @@ def _start_state(cfg, model, optimizer, scheduler, run_dir: Path, chash: str, ra
             ckpt = read_checkpoint(last, cfg.trust_pickles)
         except HarnessError as err:
             raise HarnessError(f"{err}; pass --restart to discard it and start at epoch 1") from None
+        if not isinstance(ckpt, dict):
+            raise HarnessError(f"{last} holds a {type(ckpt).__name__}, not a checkpoint of `harness run`: pass "
+                               "--restart to discard it and start at epoch 1")
         if ckpt.get("config_hash") != chash:
             if not cfg.skip_done:
                 raise HarnessError(f"{last} belongs to a run with another configuration: pass --restart to delete "
@@ -397,10 +404,17 @@ def _start_state(cfg, model, optimizer, scheduler, run_dir: Path, chash: str, ra
         for p in stale:  # a fresh run must never pick up an older run's files
             p.unlink()
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
+        try:  # a file with this run's hash but damaged inside (a missing entry, wrong shapes, a malformed state)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            state = ckpt["state"]
+            if not isinstance(state, dict) or any(type(state.get(k)) is not type(v) for k, v in _fresh_state().items()):
+                raise ValueError("its training state is malformed")
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+            why = (str(err).strip().splitlines() or [""])[0][:160]
+            raise HarnessError(f"{last} cannot be resumed ({type(err).__name__}: {why}): pass --restart to discard it "
+                               "and start at epoch 1") from None
         say(f"resuming {cfg.run_id} after epoch {state['epoch']} (step {state['step']}) from {last} "
             "(--restart to start over)")
     return state

@@ -199,6 +199,26 @@ def test_corrupt_last_checkpoint_and_tampered_eval_checkpoint(synth_root, tmp_pa
     assert main(args + ["--restart"]) == 0
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c.pop("optimizer"), "KeyError: 'optimizer'"),
+    (lambda c: c.update(state="x"), "its training state is malformed"),
+    (lambda c: c["state"].update(epoch="1"), "its training state is malformed"),
+    (lambda c: c["model"].update({k: torch.zeros(3) for k in list(c["model"])[:1]}), "RuntimeError: Error(s) in"),
+])
+def test_a_damaged_last_checkpoint_of_this_run_is_one_line(synth_root, tmp_path, capsys, damage, message):
+    """A last.pth with this run's configuration hash whose inside is damaged: one line pointing at --restart."""
+    args = run_args(synth_root, tmp_path)
+    assert main(args) == 0
+    last = tmp_path / "work" / "unc_frozen_tiny" / "last.pth"
+    ckpt = torch.load(last, weights_only=False)
+    damage(ckpt)
+    torch.save(ckpt, last)
+    capsys.readouterr()
+    assert main(args) == 2  # the same run again resumes from last.pth
+    err = one_line_error(capsys)
+    assert f"{last} cannot be resumed" in err and message in err and "pass --restart" in err
+
+
 def test_config_that_is_a_folder_or_not_text(tmp_path, capsys):
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
     for config, message in ((tmp_path, "is a folder"), (tmp_path / "bin.yaml", "is not UTF-8")):
