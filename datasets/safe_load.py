@@ -15,6 +15,7 @@ import math
 import pathlib
 import pickle
 import re
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -85,12 +86,25 @@ def allowed_globals() -> list:
             *dtypes]
 
 
+def _plain(obj):
+    """The loaded object with every CheckedArray as a plain ndarray (the check is done; callers see numpy's type)."""
+    if isinstance(obj, CheckedArray):
+        return obj.view(np.ndarray)
+    if type(obj) in (list, tuple) and any(isinstance(v, (CheckedArray, list, tuple, dict)) for v in obj):
+        return type(obj)(_plain(v) for v in obj)
+    if type(obj) in (dict, OrderedDict) and any(isinstance(v, (CheckedArray, list, tuple, dict)) for v in obj.values()):
+        return type(obj)((k, _plain(v)) for k, v in obj.items())
+    if isinstance(obj, argparse.Namespace):
+        return argparse.Namespace(**_plain(vars(obj)))
+    return obj
+
+
 def torch_load(path, trust: bool = False, what: str = "file"):
     """The object in `path` (on the CPU); UnsafeFileError if it needs more than the allow-list and not `trust`.
     Other failures (a missing, truncated or foreign file) propagate for the caller to word."""
     try:
         with torch.serialization.safe_globals(allowed_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _plain(torch.load(path, map_location="cpu", weights_only=True))
     except pickle.UnpicklingError as err:
         refused = re.search(REFUSED + r"(.+)", str(err))
         if refused:  # no unpickler should read it: numpy would take its bytes for pointers or allocate what it says

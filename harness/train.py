@@ -533,8 +533,17 @@ def load_checkpoint_for_eval(path, trust: bool = False):
 
     ckpt = read_checkpoint(path, trust)
     sd = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if isinstance(sd, dict):
+        odd = next(((k, v) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+        if odd is not None:
+            raise HarnessError(f"{path}: its 'model' entry maps {odd[0]!r} to a {type(odd[1]).__name__}; a state dict "
+                               "maps parameter names to tensors: the file is damaged, get it again")
     if isinstance(sd, dict) and "meta" not in ckpt and is_transvg_state(sd):
-        shapes = transvg_shapes(sd)
+        try:
+            shapes = transvg_shapes(sd)
+        except (KeyError, IndexError, ValueError) as err:
+            raise HarnessError(f"{path}: a TransVG checkpoint without the shapes of a TransVG model ({type(err).__name__}: "
+                               f"{err}): the file is damaged, get it again") from None
         preset = next((name for name, c in PRESETS.items()
                        if (c.fusion.d_model, c.vision.d_model, c.language.hidden)
                        == (shapes["fusion"], shapes["vision"], shapes["language"])), None)
@@ -542,6 +551,9 @@ def load_checkpoint_for_eval(path, trust: bool = False):
             raise HarnessError(f"{path}: a TransVG checkpoint of widths {shapes} matches no preset "
                                f"({', '.join(PRESETS)})")
         max_query_len = shapes["positions"] - 1 - PRESETS[preset].visual_tokens
+        if max_query_len < 1:
+            raise HarnessError(f"{path}: vl_pos_embed has {shapes['positions']} positions, fewer than [REG] + one word + "
+                               f"{PRESETS[preset].visual_tokens} visual tokens: the file is damaged, get it again")
         model = build_model(preset, max_query_len=max_query_len, vocab_size=shapes["vocab_size"])
         report = load_whole_model_state(model, sd, str(path))
         print(report.summary())
@@ -554,7 +566,13 @@ def load_checkpoint_for_eval(path, trust: bool = False):
                            "nor a TransVG checkpoint ({'model': visumodel.*, textmodel.bert.*, ...})")
     meta = ckpt["meta"]
     try:
-        model = TransVG(config_from_dict(meta["model_config"]))
+        config = config_from_dict(meta["model_config"])
+        with torch.device("meta"):  # what the description asks for, before anything is allocated
+            asked = sum(p.numel() for p in TransVG(config).parameters())
+        held = sum(t.numel() for t in ckpt["model"].values())
+        if asked > 2 * held + 10_000_000:  # methods add modules, but never a multiple of the model
+            raise ValueError(f"it asks for a model of {asked:,} parameters while the file holds {held:,}")
+        model = TransVG(config)
         apply_method(build_method(meta["method"], meta["method_config"]), model)
         for key in ("tokenizer", "data", "data_desc"):
             meta[key]

@@ -126,6 +126,7 @@ def test_plain_numpy_arrays_and_scalars_still_load(tmp_path):
     loaded = torch_load(tmp_path / "plain.pth")
     assert np.array_equal(loaded[0][2], rows[0][2]) and list(loaded[0][4]) == ["a", "b"] and loaded[1] == 3
     assert np.array_equal(loaded[2], rows[2]) and loaded[3]
+    assert type(loaded[0][2]) is np.ndarray and type(loaded[2]) is np.ndarray  # checked, then handed over as numpy's
 
 
 class SystemPayload:

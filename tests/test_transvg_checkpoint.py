@@ -102,3 +102,32 @@ def test_run_starts_from_a_transvg_checkpoint(tiny_transvg, synth_root, tmp_path
     record = run(cfg)
     assert record["weights"]["init_checkpoint"] == str(path) and record["weights"]["pretrained"] is True
     assert "2 ignored" in record["weights"]["loaded"][0] and "0 missing" in record["weights"]["loaded"][0]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda sd: sd.update({"vl_pos_embed.weight": torch.zeros(5)}), "without the shapes of a TransVG model"),
+    (lambda sd: sd.update({"visu_proj.bias": "x"}), "maps 'visu_proj.bias' to a str"),
+    (lambda sd: sd.update({3: torch.zeros(1)}), "maps 3 to a Tensor"),
+    (lambda sd: sd.update({"visu_proj.bias": __import__("numpy").zeros(3)}), "to a ndarray"),
+    (lambda sd: sd.update({"vl_pos_embed.weight": sd["vl_pos_embed.weight"][:10]}), "fewer than [REG] + one word"),
+])
+def test_a_damaged_transvg_checkpoint_is_one_line(tmp_path, damage, message):
+    sd = transvg_state_dict(build_model("tiny"))
+    damage(sd)
+    path = save_transvg(tmp_path / "damaged.pth", sd)
+    with pytest.raises(HarnessError, match=message.replace("[", r"\[").replace("+", r"\+")):
+        load_checkpoint_for_eval(path, trust=True)  # numpy values need the trusted unpickler to get this far
+
+
+def test_a_checkpoint_whose_description_asks_for_a_huge_model_is_refused_before_building_it(tmp_path):
+    from dataclasses import asdict, replace
+
+    from harness.model import PRESETS
+
+    model = build_model("tiny")
+    huge = replace(PRESETS["tiny"], fusion=replace(PRESETS["tiny"].fusion, d_model=64, ffn=4_000_000, layers=40))
+    meta = {"method": "full", "method_config": {}, "model_config": asdict(huge), "tokenizer": None, "data": "real",
+            "data_desc": {}}
+    torch.save({"model": model.state_dict(), "meta": meta}, tmp_path / "huge.pth")
+    with pytest.raises(HarnessError, match=r"asks for a model of [\d,]+ parameters while the file holds"):
+        load_checkpoint_for_eval(tmp_path / "huge.pth")
