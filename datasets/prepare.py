@@ -32,6 +32,7 @@ Everything is written into a temporary folder beside the output and renamed into
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -90,17 +91,38 @@ def load_json(path: Path, what: str):
         raise DataError(f"{what} {path} is not valid JSON ({err}); download it again") from None
 
 
+def _row(image: str, ann: str, box, sentence, where: str) -> tuple:
+    """One index record, checked as it is built: a box of 4 finite numbers and a string sentence (a string box or
+    a query given as one string would otherwise become lists of characters)."""
+    if isinstance(box, (str, bytes)) or not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+        raise DataError(f"{where}: box {box!r} is not 4 finite numbers")
+    if not isinstance(sentence, str):
+        raise DataError(f"{where}: sentence {sentence!r} is a {type(sentence).__name__}, not a string")
+    return image, ann, list(box), sentence, ""
+
+
+def _list_of(value, what: str, where: str) -> list:
+    if not isinstance(value, list):
+        raise DataError(f"{where}: {what} is a {type(value).__name__} ({str(value)[:40]!r}), expected a list")
+    return value
+
+
 def _ref_records(refs_by_split: dict, boxes: dict, where: str) -> dict:
     """{split: [5-tuples]} from {split: [(sort key, ann_id, image_id, [sentences])]} (already in pickle order)."""
     out = {}
     for split, refs in refs_by_split.items():
         rows = []
         for _, ann_id, image_id, sentences in sorted(refs, key=lambda r: r[0]):
+            ref = f"{where}: {split} ref of ann_id {ann_id!r}"
             if ann_id not in boxes:
                 raise DataError(f"{where}: a {split} ref refers to ann_id {ann_id}, which the annotations do not "
                                 "have; the refs and the annotation file do not belong together")
-            for sent in sentences:
-                rows.append((COCO_NAME.format(image_id), f"{ann_id}.pth", list(boxes[ann_id]), sent, ""))
+            if not isinstance(image_id, int) or isinstance(image_id, bool):
+                raise DataError(f"{ref}: image_id {image_id!r} is not an integer COCO image id")
+            for k, sent in enumerate(_list_of(sentences, "its sentences", ref)):
+                rows.append(_row(COCO_NAME.format(image_id), f"{ann_id}.pth", boxes[ann_id], sent,
+                                 f"{ref}, sentence {k}"))
         out[split] = rows
     return out
 
@@ -134,7 +156,11 @@ def from_refer(refer_root, name: str, log=print) -> dict:
     for ref in refs:
         split = _field(ref, "split", refs_path)
         if split in by_split:  # exact match, as the builder (REFER's getRefIds would also take 'testAB' for testA)
-            sentences = [_field(s, "sent", refs_path) for s in _field(ref, "sentences", refs_path)]
+            listed = _list_of(_field(ref, "sentences", refs_path), "a ref's 'sentences'", f"REFER refs file {refs_path}")
+            if not all(isinstance(s, dict) for s in listed):
+                raise DataError(f"REFER refs file {refs_path}: a ref's sentences are {listed[:2]!r}..., expected "
+                                "dicts with 'sent'")
+            sentences = [_field(s, "sent", refs_path) for s in listed]
             by_split[split].append((_field(ref, "file_name", refs_path), _field(ref, "ann_id", refs_path),
                                     _field(ref, "image_id", refs_path), sentences))
     return _ref_records(by_split, boxes, str(refs_path))
@@ -210,7 +236,9 @@ def from_berkeley(root, name: str, log=print) -> dict:
                 continue
             if key not in boxes:
                 raise DataError(f"{path}: {key} has no box in referit_bbox.json; the files do not belong together")
-            rows += [(image, f"{key}.pth", list(boxes[key]), text, "") for text in texts]
+            where = f"{path}: {key}"
+            rows += [_row(image, f"{key}.pth", boxes[key], text, f"{where} query {k}")
+                     for k, text in enumerate(_list_of(texts, "its queries", where))]
         out[split] = rows
     return out
 
@@ -242,6 +270,13 @@ def prepare(source: str, root, name: str, out, images=None, force: bool = False,
     if root is None or not Path(root).is_dir():
         raise DataError(f"--{source}-root {root} is not a folder")
     records = build(root, name, log)
+    empty = [split for split, rows in records.items() if not rows]
+    if empty:  # e.g. split names in the files that match none of the dataset's
+        raise DataError(f"{name}: no record for split(s) {', '.join(empty)} in {root}: the annotation files name "
+                        f"none of those splits ({', '.join(get_spec(name).distinct_splits)} expected); nothing written")
+    blank = sum(not row[3].strip() for rows in records.values() for row in rows)
+    if blank:  # TransVG's builder keeps them; `harness data check` lists them
+        log(f"warning: {blank} records with an empty expression, kept as the builder keeps them")
     target = write_index(records, out, name, force)
     image_dir = Path(images) if images else Path(out) / "ln_data" / get_spec(name).image_dir
     if image_dir.is_dir():

@@ -17,7 +17,7 @@ from datasets.catalog import resolve_paths
 from datasets.check import check_dataset, format_report
 from datasets.errors import DataError
 from datasets.index import load_split
-from datasets.prepare import prepare
+from datasets.prepare import REFERIT_SPLITS, prepare
 from harness.cli import main
 
 COCO_DIR = "ln_data/other/images/mscoco/images/train2014"
@@ -279,3 +279,58 @@ def test_referit_from_the_berkeley_split_files(tmp_path, capsys):
     assert "published size is 54,127" in format_report(report)
     with pytest.raises(DataError, match="use --from berkeley"):
         prepare("refer", src, "referit", tmp_path / "other", log=lambda m: None)
+
+
+def _refs_with(change):
+    refs = refer_refs()
+    change(refs)
+    return refs
+
+
+@pytest.mark.parametrize("source, damage, message", [
+    ("refer", lambda root: _write_refs(root, _refs_with(lambda r: [x.update(split="training") for x in r])),
+     "no record for split(s) train, val, testA, testB"),
+    ("refer", lambda root: _write_refs(root, _refs_with(lambda r: r[0].update(sentences="lady in blue"))),
+     "a ref's 'sentences' is a str ('lady in blue'), expected a list"),
+    ("refer", lambda root: _write_refs(root, _refs_with(lambda r: r[0].update(sentences=["lady in blue"]))),
+     "expected dicts with 'sent'"),
+    ("refer", lambda root: _write_refs(root, _refs_with(lambda r: r[0].update(image_id="581857"))),
+     "image_id '581857' is not an integer COCO image id"),
+    ("refer", lambda root: _write_refs(root, _refs_with(lambda r: r[0]["sentences"][0].update(sent={"a": 1}))),
+     "sentence {'a': 1} is a dict, not a string"),
+    ("refer", lambda root: _write_refs(root, _refs_with(lambda r: r[0]["sentences"][0].update(sent=3))),
+     "sentence 3 is a int, not a string"),
+    ("berkeley", lambda root: _write_berkeley(root, queries="sky"), "its queries is a str ('sky'), expected a list"),
+    ("berkeley", lambda root: _write_berkeley(root, box="1,2,3,4"), "box '1,2,3,4' is not 4 finite numbers"),
+    ("berkeley", lambda root: _write_berkeley(root, box=5), "box 5 is not 4 finite numbers"),
+])
+def test_broken_annotations_are_refused_record_by_record(tmp_path, capsys, source, damage, message):
+    root = tmp_path / source
+    if source == "refer":
+        write_refer(root)
+    damage(root)
+    name = "unc" if source == "refer" else "referit"
+    assert main(["data", "prepare", "--from", source, f"--{source}-root", str(root), "--dataset", name,
+                 "--out", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "data" / "data" / name).exists()  # nothing written
+
+
+def test_an_empty_sentence_is_kept_with_a_warning(tmp_path):
+    root = write_refer(tmp_path / "refer")
+    _write_refs(root, _refs_with(lambda r: r[0]["sentences"][0].update(sent="")))
+    messages = []
+    counts = prepare("refer", root, "unc", tmp_path / "data", log=messages.append)
+    assert counts["train"] == 5 and any("1 records with an empty expression, kept" in m for m in messages)
+
+
+def _write_refs(root, refs):
+    (root / "refcoco" / "refs(unc).p").write_bytes(py2_pickle(refs))
+
+
+def _write_berkeley(root, queries=None, box=None):
+    root.mkdir(parents=True, exist_ok=True)
+    for split in REFERIT_SPLITS:
+        (root / f"referit_query_{split}.json").write_text(json.dumps({"8_1": queries or ["sky"]}))
+    (root / "referit_bbox.json").write_text(json.dumps({"8_1": box if box is not None else [0, 0, 49, 20]}))
