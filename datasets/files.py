@@ -1,6 +1,7 @@
 """Folder writes that never leave half a result: build in a temporary sibling, then rename into place."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -51,3 +52,36 @@ def replace_entries(src: Path, dst: Path, entries) -> None:
             shutil.rmtree(aside)
         else:
             os.replace(new, old)
+
+
+# how torch.save words a failed write (RuntimeError): its zip writer, its file stream
+TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "iostream error", "file write failed")
+
+
+def write_error(err: BaseException, path, full: bool) -> OSError | None:
+    """The one-line error for a failed write of `path` (None: not a write failure). torch.save reports a failed write
+    as a RuntimeError ("inline_container.cc: unexpected pos"), and a failed write() names no file. `full`: whether
+    the folder had under 1 MiB free when it failed (measured before a temp file gave its space back)."""
+    if isinstance(err, OSError):
+        return err if err.filename else OSError(err.errno, err.strerror, str(path))
+    if isinstance(err, RuntimeError) and any(m in str(err) for m in TORCH_WRITE_FAILURES):
+        code = errno.ENOSPC if full else errno.EIO
+        return OSError(code, os.strerror(code) if full else f"write failed ({str(err).splitlines()[0]})", str(path))
+    return None
+
+
+def disk_full(folder) -> bool:
+    return shutil.disk_usage(folder).free < 1 << 20
+
+
+def save_torch(obj, path: Path) -> None:
+    """torch.save, a failed write raised as an OSError naming `path`."""
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except (OSError, RuntimeError) as err:
+        mapped = write_error(err, path, disk_full(Path(path).parent))
+        if mapped is None:
+            raise
+        raise mapped from None

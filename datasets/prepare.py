@@ -36,11 +36,9 @@ import math
 import pickle
 from pathlib import Path
 
-import torch
-
 from datasets.catalog import get_spec
 from datasets.errors import DataError
-from datasets.files import building
+from datasets.files import building, save_torch
 
 COCO_NAME = "COCO_train2014_{:012d}.jpg"
 REFER_SOURCES = {"unc": ("refcoco", "unc"), "unc+": ("refcoco+", "unc"), "gref": ("refcocog", "google"),
@@ -250,7 +248,7 @@ def write_index(records: dict, out, name: str, force: bool = False) -> Path:
         raise DataError(f"{target} exists: pass --force to replace it")
     with building(target) as tmp:
         for split, rows in records.items():
-            torch.save(rows, tmp / f"{name}_{split}.pth")
+            save_torch(rows, tmp / f"{name}_{split}.pth")
     return target
 
 

@@ -24,7 +24,7 @@ import torch
 
 from datasets.catalog import get_spec
 from datasets.errors import DataError
-from datasets.files import building, replace_entries, temp_dir
+from datasets.files import building, disk_full, replace_entries, save_torch, temp_dir, write_error
 from datasets.synth_grammar import describe, elaborate, parse, resolve, sentences, vocabulary
 from datasets.synth_scenes import PERSON_SHAPE, SHAPES, render, sample_scene
 
@@ -107,7 +107,10 @@ def _write_name(root: Path, name: str, seed: int, images: int) -> dict:
         image_id = flavour.first_image_id + k
         file = _image_file(name, image_id)
         scene, refs = _image_refs(rng, flavour, split)
-        render(scene, np.random.default_rng(rng.getrandbits(64))).save(image_dir / file, quality=92)
+        try:
+            render(scene, np.random.default_rng(rng.getrandbits(64))).save(image_dir / file, quality=92)
+        except OSError as err:  # PIL's failed write names no file
+            raise write_error(err, image_dir / file, disk_full(image_dir)) from None
         scenes[file] = {"width": scene.width, "height": scene.height, "objects": [
             {"ann_id": image_id * 10 + i, "box": list(o.box), "shape": o.shape, "colour": o.colour, "size": o.size}
             for i, o in enumerate(scene.objects)]}
@@ -132,7 +135,7 @@ def _write_name(root: Path, name: str, seed: int, images: int) -> dict:
 
 def _save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    save_torch(obj, tmp)
     os.replace(tmp, path)
 
 

@@ -576,10 +576,12 @@ def main(argv=None) -> int:
     except (HarnessError, DataError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except OSError as err:  # writing a record or checkpoint: read-only folder, full disk
+    except OSError as err:  # writing a record, checkpoint, table or index: read-only folder, full disk
         where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}; free space or choose another --output / --work-dir",
-              file=sys.stderr)
+        flags = [f for f in ("--output", "--work-dir", "--out", "--root", "--record", "--logs")
+                 if getattr(args, f[2:].replace("-", "_"), None) is not None]
+        fix = f"free space or choose another {' / '.join(flags)}" if flags else "free space or check the folder"
+        print(f"error: {where}{err.strerror or err}; {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint (--restart starts over)",

@@ -14,6 +14,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from datasets.files import disk_full, write_error
 from harness.errors import HarnessError
 
 SCHEMA_VERSION = 1
@@ -101,9 +102,13 @@ def write_atomic(path, write) -> Path:
         write(tmp)
         os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = disk_full(path.parent)  # before the temp file gives its space back
         Path(tmp).unlink(missing_ok=True)
-        raise
+        mapped = write_error(err, path, full)
+        if mapped is None or mapped is err:
+            raise
+        raise mapped from None
     return path
 
 

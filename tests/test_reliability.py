@@ -1,6 +1,7 @@
 """What a new user's bad inputs met: each is one line before any work, and nothing is overwritten or mislabelled."""
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -392,3 +393,42 @@ def test_a_method_that_cannot_apply_fails_before_the_data_loads(tmp_path, capsys
     assert main([*argv, "--set", "targets_language=[quary]"]) == 2
     err = one_line_error(capsys)
     assert "LoRA targets_language ['quary'] match no module of the language encoder" in err and "query" in err
+
+
+# ---- a full disk: one line naming the path, for every writer ---------------------------------------------------
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MiB tmpfs, nearly filled: where the test cannot mount one (no root, no tmpfs), it is skipped."""
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or 'mount failed'})")
+    try:
+        (mount / "filler").write_bytes(b"\0" * (2 * 1024 * 1024 - 96 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_path_for_every_writer(synth_root, full_disk, tmp_path, capsys):
+    from test_data_prepare import write_refer
+
+    cases = [  # (argv, the folder it writes in, the flags the fix names)
+        (run_args(synth_root, tmp_path, "--work-dir", str(full_disk / "work")), "--output / --work-dir"),
+        (["data", "synth", "--root", str(full_disk / "synth"), "--images", "5"], "--root"),
+        (["data", "prepare", "--from", "refer", "--refer-root", str(write_refer(tmp_path / "refer")),
+          "--dataset", "unc", "--out", str(full_disk / "prepared")], "--out"),
+        (["table", "--runs", "results/runs", "--profiles", "results/profile", "--out", str(full_disk / "t")],
+         "--out"),
+    ]
+    for argv, flags in cases:
+        free = shutil.disk_usage(full_disk).free
+        if free > 8192:  # the small prepared index fits in what the run left: leave it one block
+            (full_disk / f"filler{len(flags)}").write_bytes(b"\0" * (free - 4096))
+        assert main(argv) == 2
+        err = one_line_error(capsys)
+        assert str(full_disk) in err and "No space left on device" in err and f"choose another {flags}" in err, err
+        assert "inline_container" not in err and "Traceback" not in err
