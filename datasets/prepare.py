@@ -154,7 +154,8 @@ def from_refer(refer_root, name: str, log=print) -> dict:
     for ref in refs:
         split = _field(ref, "split", refs_path)
         if split in by_split:  # exact match, as the builder (REFER's getRefIds would also take 'testAB' for testA)
-            listed = _list_of(_field(ref, "sentences", refs_path), "a ref's 'sentences'", f"REFER refs file {refs_path}")
+            listed = _list_of(_field(ref, "sentences", refs_path), "a ref's 'sentences'",
+                              f"REFER refs file {refs_path}")
             if not all(isinstance(s, dict) for s in listed):
                 raise DataError(f"REFER refs file {refs_path}: a ref's sentences are {listed[:2]!r}..., expected "
                                 "dicts with 'sent'")

@@ -14,7 +14,7 @@ from datasets.transforms import image_size_of, make_transforms, to_uint8_tensor
 
 class RECDataset(Dataset):
     """Images are decoded by PIL (libjpeg-turbo). Training samples are then resampled as uint8 tensors (torchvision's
-    kernels, ~4x faster than PIL's resize, within 2 grey levels of it, 5 after the colour jitter); evaluation resizes with PIL as TransVG, so eval
+    kernels, ~4x faster than PIL's resize, within 2 grey levels of it); evaluation resizes with PIL as TransVG, so eval
     inputs are exactly TransVG's. `defer_jitter`: leave the colour jitter to the batch on the device (CUDA runs);
     `pil_geometry`: resample training samples with PIL too (the previous pipeline, for benchmarks and tests);
     `cache_images`: keep every decoded image in memory (per file, as the pipeline takes it): decoding is

@@ -39,8 +39,8 @@ def _check_dtype(dtype, what: str) -> None:
     dtype can hold one: its bytes would become object pointers), sub-arrays, void or datetime kinds."""
     if not isinstance(dtype, np.dtype) or dtype.fields is not None or dtype.subdtype is not None \
             or dtype.kind not in PLAIN_KINDS:
-        raise pickle.UnpicklingError(REFUSED + f"a numpy {what} of dtype {dtype!r}: only plain numeric, bool and string "
-                                     "arrays are allowed")
+        raise pickle.UnpicklingError(REFUSED + f"a numpy {what} of dtype {dtype!r}: only plain numeric, bool and "
+                                     "string arrays are allowed")
 
 
 class CheckedArray(np.ndarray):
@@ -55,8 +55,8 @@ class CheckedArray(np.ndarray):
         if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
             raise pickle.UnpicklingError(REFUSED + f"a numpy array with shape {shape!r}")
         if not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize:
-            raise pickle.UnpicklingError(REFUSED + f"a numpy array of shape {shape} and dtype {dtype} whose data is not its "
-                                         f"{math.prod(shape) * dtype.itemsize} bytes")
+            raise pickle.UnpicklingError(REFUSED + f"a numpy array of shape {shape} and dtype {dtype} whose data "
+                                         f"is not its {math.prod(shape) * dtype.itemsize} bytes")
         super().__setstate__(state)
 
 
@@ -72,7 +72,8 @@ def _scalar(dtype, data=None):
     """numpy's pickle entry point for scalars (`numpy.core.multiarray.scalar`), for plain dtypes only."""
     _check_dtype(dtype, "scalar")
     if not isinstance(data, bytes) or len(data) != dtype.itemsize:
-        raise pickle.UnpicklingError(REFUSED + f"a numpy scalar of dtype {dtype} whose data is not {dtype.itemsize} bytes")
+        raise pickle.UnpicklingError(REFUSED + f"a numpy scalar of dtype {dtype} whose data is not "
+                                     f"{dtype.itemsize} bytes")
     core = np._core if hasattr(np, "_core") else np.core
     return core.multiarray.scalar(dtype, data)
 

@@ -2,7 +2,7 @@
 
 The image is a PIL image (the eval pipeline, as TransVG) or a uint8 CHW tensor (the training pipeline: decoded
 by PIL, then resampled by torchvision's uint8 kernels, about 4x faster than PIL's resize: within 2 grey levels of
-it, and within 5 after the colour jitter's factors (up to 1.4 each) scale the difference; tests/test_data_transforms.py).
+it, and within 5 after the colour jitter's factors (up to 1.4 each) scale the difference; test_data_transforms.py).
 Both end in a uint8 canvas: 'img' is the (3, size, size) image pasted into zeros, 'mask' is True on padding, and
 the box is normalised (cx, cy, w, h) in that square. The float conversion, ImageNet normalisation
 and, on CUDA, the colour jitter run on the batch (`normalize_images`), so that a loader worker only decodes,

@@ -318,11 +318,10 @@ def _cmd_table(args):
 
 
 def _cmd_select(args):
-    from harness.sweep import run_select
-
     from dataclasses import fields
 
     from harness.recipe import Recipe
+    from harness.sweep import run_select
 
     tunable = sorted(f.name for f in fields(Recipe) if f.type in ("float", "int"))
     if args.key not in tunable:  # an unknown key matched no grid and dropped every tuned method

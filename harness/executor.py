@@ -84,7 +84,7 @@ def _environment(threads: int | None, gpu: str | None = None) -> dict:
 # The jobs running now, so that a signal to the suite reaches them (forward_signals), and the signal that stops it.
 _RUNNING: set = set()
 _STOPPED: list = []
-PARENT_ENV = "REC_BENCH_SUITE_PID"  # a job dies with the suite that started it (harness.cli: die_with_parent)
+PARENT_ENV = "REC_BENCH_SUITE_PID"  # a job dies with the suite that started it (harness.cli._stop_on_sigterm)
 
 
 def run_command(argv: list, log: str, extra_env: dict | None = None, nproc: int = 1) -> int:
@@ -322,7 +322,8 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
     start = time.perf_counter()
     busy = (lambda pid: f"another suite (pid {pid}) writes its job logs in {logs}/: wait for it to end, or give this "
             "one another --logs folder")
-    with FolderLock(logs, "suite.lock", busy), forward_signals():  # two suites in one folder truncated each other's logs
+    # one suite per log folder (two truncated each other's logs); signals go on to the running jobs
+    with FolderLock(logs, "suite.lock", busy), forward_signals():
         outcomes = execute(jobs, logs, workers=workers, threads=threads, gpus=gpus, log=log, launcher=submit)
         wall = time.perf_counter() - start
         result = suite_record(name, suite["path"], outcomes, wall, workers, threads, gpus)

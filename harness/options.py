@@ -134,7 +134,7 @@ def overrides_tag(method: dict, recipe: dict) -> str | None:
     if readable != exact or any("_" in yaml_value(v) for section in (recipe, method) for v in section.values()):
         readable += "@" + hashlib.sha256(json.dumps([recipe, method], sort_keys=True).encode()).hexdigest()[:8]
     if len(readable) > MAX_TAG:
-        raise HarnessError(f"the --set overrides make a run-id suffix of {len(readable)} characters ({readable[:40]}...), "
-                           f"too long for a file name (at most {MAX_TAG}): put them in a --config file and name the "
-                           "variant with --tag")
+        raise HarnessError(f"the --set overrides make a run-id suffix of {len(readable)} characters "
+                           f"({readable[:40]}...), too long for a file name (at most {MAX_TAG}): put them in a "
+                           "--config file and name the variant with --tag")
     return readable or None

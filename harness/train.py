@@ -542,8 +542,8 @@ def load_checkpoint_for_eval(path, trust: bool = False):
         try:
             shapes = transvg_shapes(sd)
         except (KeyError, IndexError, ValueError) as err:
-            raise HarnessError(f"{path}: a TransVG checkpoint without the shapes of a TransVG model ({type(err).__name__}: "
-                               f"{err}): the file is damaged, get it again") from None
+            raise HarnessError(f"{path}: a TransVG checkpoint without the shapes of a TransVG model "
+                               f"({type(err).__name__}: {err}): the file is damaged, get it again") from None
         preset = next((name for name, c in PRESETS.items()
                        if (c.fusion.d_model, c.vision.d_model, c.language.hidden)
                        == (shapes["fusion"], shapes["vision"], shapes["language"])), None)
@@ -552,8 +552,9 @@ def load_checkpoint_for_eval(path, trust: bool = False):
                                f"({', '.join(PRESETS)})")
         max_query_len = shapes["positions"] - 1 - PRESETS[preset].visual_tokens
         if max_query_len < 1:
-            raise HarnessError(f"{path}: vl_pos_embed has {shapes['positions']} positions, fewer than [REG] + one word + "
-                               f"{PRESETS[preset].visual_tokens} visual tokens: the file is damaged, get it again")
+            raise HarnessError(f"{path}: vl_pos_embed has {shapes['positions']} positions, fewer than [REG] + one "
+                               f"word + {PRESETS[preset].visual_tokens} visual tokens: the file is damaged, get it "
+                               "again")
         model = build_model(preset, max_query_len=max_query_len, vocab_size=shapes["vocab_size"])
         report = load_whole_model_state(model, sd, str(path))
         print(report.summary())
