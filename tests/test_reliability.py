@@ -233,8 +233,9 @@ def test_a_record_with_a_non_numeric_accuracy_is_refused(tmp_path):
     path = tmp_path / "r.json"
     write_json_atomic(path, {"schema": 1, "kind": "run", "run_id": "x", "method": "full", "method_config": {},
                              "dataset": "unc", "dataset_label": "RefCOCO", "data": "real", "preset": "tiny",
-                             "recipe": {}, "weights": {}, "env": {}, "params": {}, "flops": {}, "memory": {},
-                             "time": {}, "results": {"val": {"accuracy": "high", "miou": 0.5, "n": 3}},
+                             "recipe": {}, "weights": {}, "env": {}, "flops": {}, "memory": {}, "time": {},
+                             "params": {"encoder_side_trainable": 1, "trainable": 2, "total": 3},
+                             "results": {"val": {"accuracy": "high", "miou": 0.5, "n": 3}},
                              "status": "ok", "error": None, "created_at": "now", "config_hash": "h"})
     with pytest.raises(HarnessError, match="accuracy is 'high', not a number"):
         read_record(path)
