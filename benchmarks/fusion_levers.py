@@ -3,7 +3,10 @@ projections and head trained alone on cached features of the frozen stand-in enc
 transform, AdamW at the tiny recipe's 1e-3, batch 32) under changes to the fusion, the loss, the data and the
 image size, each on several seeds (a single seed's plateau exit moves by hundreds of steps).
 
-    python benchmarks/fusion_levers.py [--steps 2000] [--seeds 0,1] [--workers 2] [--only LABEL ...]
+    python benchmarks/fusion_levers.py [--steps 2000] [--seeds 0,1,2] [--workers 2] [--only LABEL ...]
+
+Resumable: a lever and seed already in the output file (at the same --steps and --every) is kept, not rerun; each
+probe's result names the commit it ran at.
 
 Levers that are not options of the model are applied here only, for the measurement: `norm_first` rewrites each
 fusion layer's forward as a pre-norm layer (x + attn(LN(x)), x + FFN(LN(x)); TransVG's fusion is post-norm) and
@@ -13,6 +16,7 @@ pretrains stand-in encoders at that size first (cached, minutes). Each result is
 from __future__ import annotations
 
 import argparse
+import json
 import types
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 
 from fusion_plateau import encoder_features, train
 from harness.model import config
-from harness.records import environment, now, write_json_atomic
+from harness.records import environment, git_state, now, write_json_atomic
 
 TINY = config.PRESETS["tiny"]  # as committed; each probe derives its preset from it (pool workers are reused)
 
@@ -39,6 +43,7 @@ LEVERS = (
     ("128 px (4 x 4 visual tokens)", {"image_size": 128}),
     ("224 px (7 x 7 visual tokens)", {"image_size": 224}),
     ("text-blind (text features zeroed)", {"text_blind": True}),
+    ("pre-norm + DETR's loss weights", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
 )
 
 
@@ -65,14 +70,15 @@ def probe(label: str, lever: dict, seed: int, steps: int, every: int) -> dict:
                    loss_weights=lever.get("loss", {}))
     curve = " ".join(f"{100 * c['val_accuracy']:.0f}" for c in result["curve"])
     print(f"{label}, seed {seed}: val Acc@0.5 every {every} steps {curve}", flush=True)
-    return {**result, "train_samples": len(features["train"][0]), "val_samples": len(features["val"][0])}
+    return {**result, "train_samples": len(features["train"][0]), "val_samples": len(features["val"][0]),
+            "git": git_state()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--every", type=int, default=250)
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workers", type=int, default=2, help="probes in parallel, one torch thread each")
     parser.add_argument("--only", nargs="*", help="labels (or their first words) of the levers to run")
     parser.add_argument("--out", default="results/benchmarks/fusion_levers.json")
@@ -80,14 +86,24 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     chosen = [(label, lever) for label, lever in LEVERS
               if not args.only or any(label.startswith(o) for o in args.only)]
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    done = {label: entry for label, entry in old.get("levers", {}).items()  # the same schedule and probe points
+            if old.get("steps") == args.steps
+            and all(r["curve"][0]["step"] == args.every for r in entry["seeds"].values())}
+    results = {label: {"lever": entry["lever"], "seeds": dict(entry["seeds"])} for label, entry in done.items()}
     with ProcessPoolExecutor(args.workers) as pool:
+        todo = [(label, lever, seed) for label, lever in chosen for seed in seeds
+                if str(seed) not in done.get(label, {}).get("seeds", {})]
         futures = {(label, seed): pool.submit(probe, label, lever, seed, args.steps, args.every)
-                   for label, lever in chosen for seed in seeds}
-        results = {label: {"lever": lever, "seeds": {seed: futures[label, seed].result() for seed in seeds}}
-                   for label, lever in chosen}
-    write_json_atomic(Path(args.out), {
-        "kind": "benchmark", "created_at": now(), "steps": args.steps, "seeds": seeds, "levers": results,
-        "env": environment(torch.device("cpu")), "what": __doc__.split("\n\n")[0].replace("\n", " ")})
+                   for label, lever, seed in todo}
+        for (label, seed), future in futures.items():
+            entry = results.setdefault(label, {"lever": dict(LEVERS)[label], "seeds": {}})
+            entry["seeds"][str(seed)] = future.result()
+            write_json_atomic(out, {  # after every probe: an interrupted benchmark resumes from here
+                "kind": "benchmark", "created_at": now(), "steps": args.steps, "every": args.every,
+                "levers": results, "env": environment(torch.device("cpu")),
+                "what": __doc__.split("\n\n")[0].replace("\n", " ")})
 
 
 if __name__ == "__main__":
