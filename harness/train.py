@@ -570,9 +570,11 @@ def load_checkpoint_for_eval(path, trust: bool = False):
         config = config_from_dict(meta["model_config"])
         with torch.device("meta"):  # what the description asks for, before anything is allocated
             asked = sum(p.numel() for p in TransVG(config).parameters())
-        held = sum(t.numel() for t in ckpt["model"].values())
+        # what the file really holds: its storages' bytes (a stride-0 tensor claims many elements over a few bytes)
+        held = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in ckpt["model"].values()
+                    }.values()) // 4
         if asked > 2 * held + 10_000_000:  # methods add modules, but never a multiple of the model
-            raise ValueError(f"it asks for a model of {asked:,} parameters while the file holds {held:,}")
+            raise ValueError(f"it asks for a model of {asked:,} parameters while the file holds {held:,} values")
         model = TransVG(config)
         apply_method(build_method(meta["method"], meta["method_config"]), model)
         for key in ("tokenizer", "data", "data_desc"):

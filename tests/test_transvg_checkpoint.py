@@ -131,3 +131,8 @@ def test_a_checkpoint_whose_description_asks_for_a_huge_model_is_refused_before_
     torch.save({"model": model.state_dict(), "meta": meta}, tmp_path / "huge.pth")
     with pytest.raises(HarnessError, match=r"asks for a model of [\d,]+ parameters while the file holds"):
         load_checkpoint_for_eval(tmp_path / "huge.pth")
+    # stride-0 tensors claim billions of elements over one stored value each: they do not make the file "hold" them
+    padded = {**model.state_dict(), **{f"pad{i}": torch.zeros(1).expand(10**9) for i in range(4)}}
+    torch.save({"model": padded, "meta": meta}, tmp_path / "stride0.pth")
+    with pytest.raises(HarnessError, match=r"asks for a model of [\d,]+ parameters while the file holds"):
+        load_checkpoint_for_eval(tmp_path / "stride0.pth")
