@@ -28,30 +28,29 @@ def building(target: Path):
     tmp = temp_dir(target.parent, f".{target.name}.", ".tmp")
     try:
         yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+        _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename `new` to `target`; an existing target is moved aside first and removed after."""
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+        os.replace(target, aside / "x")
+        os.replace(new, target)
+        shutil.rmtree(aside)
+    else:
+        os.replace(new, target)
+
+
 def replace_entries(src: Path, dst: Path, entries) -> None:
     """Move each of `entries` (paths relative to `src`) into `dst`, replacing what is there under the same path and
-    leaving everything else in `dst`; each replacement is a rename (an old entry is moved aside, then removed)."""
+    leaving everything else in `dst`; each replacement is a rename."""
     for rel in entries:
-        new, old = Path(src) / rel, Path(dst) / rel
-        old.parent.mkdir(parents=True, exist_ok=True)
-        if old.exists():
-            aside = temp_dir(old.parent, f".{old.name}.", ".old")
-            os.replace(old, aside / "x")
-            os.replace(new, old)
-            shutil.rmtree(aside)
-        else:
-            os.replace(new, old)
+        target = Path(dst) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _swap_in(Path(src) / rel, target)
 
 
 # how torch.save words a failed write (RuntimeError): its zip writer, its file stream
