@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -281,7 +280,7 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
     `check(argv)`: refuses a job's command line before anything runs (the CLI's parser: a flag no command has)."""
     from harness.errors import HarnessError
     from harness.locks import FolderLock
-    from harness.records import write_json_atomic
+    from harness.records import check_writable, write_json_atomic
     from harness.suites import expand, load_suite
 
     suite = load_suite(name)
@@ -299,12 +298,7 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
     logs = Path(logs or f"runs/suite-logs/{name}")
     record = Path(record or f"results/suites/{name}.json")
     for folder, flag in ((record.parent, "--record"), (logs, "--logs")):  # found now, not after hours of jobs
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
-        except OSError as err:
-            raise HarnessError(f"cannot write to {folder} ({err.strerror}): choose another {flag}") from None
+        check_writable(folder, f"choose another {flag}")
     if launcher:  # runs and profiles go to submitit; the job's allocation decides their threads unless --threads
         submit = Submitit(folder=launcher.get("folder") or logs / "submitit", threads=threads,
                           **{k: v for k, v in launcher.items() if k != "folder"})

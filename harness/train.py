@@ -13,7 +13,6 @@ import math
 import os
 import random
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -212,13 +211,7 @@ def check_before_training(train_set, eval_sets: dict, folders) -> None:
         dataset.check_images(open_images=True)
     train_set.check_images(open_images=False)
     for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
-        except OSError as err:
-            raise HarnessError(f"cannot write to {folder}: {err.strerror}; choose another --output / --work-dir "
-                               "or free space") from None
+        records.check_writable(folder, "choose another --output / --work-dir or free space")
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
