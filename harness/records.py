@@ -150,8 +150,7 @@ def validate_record(record, source="record") -> dict:
         for key in path[:-1]:
             parent = parent.get(key) if isinstance(parent, dict) else None
         value = parent.get(path[-1]) if isinstance(parent, dict) else None
-        if value is not None and (not isinstance(value, types) or (types in (int, (int, float))
-                                                                    and isinstance(value, bool))):
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool) and types is not bool):
             raise HarnessError(f"{source}: field '{'.'.join(path)}' is {value!r} ({type(value).__name__}): a damaged "
                                "or hand-edited record; rerun its run")
     if record["kind"] in ("run", "profile") and record["status"] == "ok":
