@@ -1,5 +1,6 @@
 """Where a tiny training iteration's time goes on CPU (issue 28's per-sample cost): the data pipeline (training
-augmentation in the main process, as CPU runs load), the forward pass with the loss, and backward with the AdamW
+augmentation in the main process over the decoded-image cache, as CPU runs load from their second epoch on; the
+run built by benchmarks/tiny_iteration.py's setup), the forward pass with the loss, and backward with the AdamW
 step, per method, on the stand-in encoders and synthetic unc; then the frozen encoders' forward alone and the
 vision branch alone on the last batch. One torch thread, batch 32, medians over the timed iterations.
 
@@ -18,34 +19,12 @@ from harness.records import environment, now, write_json_atomic
 
 
 def breakdown(method_name: str, iterations: int, warmup: int) -> dict:
-    from datasets.catalog import get_spec
-    from datasets.rec import RECDataset
-    from datasets.tokenize import build_tokenizer
     from datasets.transforms import model_inputs
     from harness.losses import rec_loss
-    from harness.model import build_model, get_config
-    from harness.model.weights import load_language_weights, load_vision_weights
-    from harness.recipe import build_recipe
-    from harness.train import (RunConfig, build_loader, build_optimizer, prepare_runtime, resolve_data,
-                               vocab_size_for, with_stand_in_encoders)
-    from methods import apply_method, build_method
+    from tiny_iteration import setup
 
-    cfg = RunConfig(method=method_name, dataset="unc", stand_in_encoders=True)
-    spec = get_spec("unc")
-    paths, tok_source, kind, _ = resolve_data(cfg, 0)
-    tokenizer = build_tokenizer(tok_source)
-    cfg = with_stand_in_encoders(cfg, kind, 0)
-    recipe = build_recipe("tiny", "unc")
-    model = build_model("tiny", max_query_len=spec.max_query_len, vocab_size=vocab_size_for("tiny", tokenizer))
-    load_vision_weights(model, cfg.vision_weights)
-    load_language_weights(model, cfg.language_weights)
-    method = build_method(method_name)
-    apply_method(method, model)
-    prepare_runtime(model, recipe, torch.device("cpu"))
-    optimizer = build_optimizer(method, model, recipe)
-    data = RECDataset(paths, "unc", "train", tokenizer, get_config("tiny").image_size, train=True,
-                      max_query_len=spec.max_query_len, cache_images=True)  # as train.run keeps the synthetic set
-    batches = iter(build_loader(data, recipe.batch_size, True, recipe, 0, 1))
+    model, optimizer, loader = setup(method_name)  # as train.run builds them; the decoded-image cache filled
+    batches = loader(True)
     times = {"data": [], "forward_loss": [], "backward_step": []}
     model.train()
     for i in range(warmup + iterations):
