@@ -1,4 +1,4 @@
-"""The four PETL baselines (adapter, lora, vlpet, unipt): what trains, identity at initialisation, where
+"""The PETL baselines (adapter, lora, vlpet, unipt, bitfit, dara): what trains, identity at initialisation, where
 gradients go (through the frozen encoders for the inline methods, never into them for UniPT), peft's
 MultiheadAttention wrapper, VL-PET's gate granularities, UniPT's masks, and the paper-preset counts derived
 from formulas."""
@@ -14,7 +14,7 @@ from methods.modules import scaled
 from methods.vlpet import VLPETModule
 from helpers import random_batch, tiny_model
 
-INLINE = ("adapter", "lora", "vlpet")
+INLINE = ("adapter", "lora", "vlpet", "bitfit", "dara")
 ALL = INLINE + ("unipt",)
 
 
@@ -53,6 +53,17 @@ def expected_method_prefixes(name, cfg):
         return ([p + f"self_attn.{f}" for p in vision for f in factors]
                 + [p + f"self_attn.base_layer.out_proj.{f}" for p in vision for f in factors]
                 + [p + f"attention.self.{q}.{f}" for p in language for q in ("query", "value") for f in factors])
+    if name == "bitfit":  # every bias of both encoders (BitFit's 'all'), the input projection's included
+        return (["visumodel.input_proj.bias", "textmodel.bert.embeddings.LayerNorm.bias"]
+                + [p + s for p in vision for s in ("self_attn.in_proj_bias", "self_attn.out_proj.bias", "linear1.bias",
+                                                   "linear2.bias", "norm1.bias", "norm2.bias")]
+                + [p + s + ".bias" for p in language
+                   for s in ("attention.self.query", "attention.self.key", "attention.self.value",
+                             "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense",
+                             "output.dense", "output.LayerNorm")])
+    if name == "dara":  # every DETR layer: DA in the attention slot, RA beside the FFN; BERT's first half: DA
+        return ([p + s for p in vision for s in ("attn_adapter.", "ffn_parallel.")]
+                + [p + "attention.output.adapter." for p in language[:cfg.language.layers // 2]])
     if name == "unipt":  # grounding instance: every second layer output from h_1 (tiny: [1] and [1, 3])
         return ([f"side.vision.downsample.{i}." for i in range(len(range(1, cfg.vision.layers, 2)))]
                 + [f"side.language.downsample.{i}." for i in range(len(range(1, cfg.language.layers, 2)))]
@@ -272,6 +283,14 @@ def expected_paper_count(name, c):
     if name == "vlpet":  # dH and G_large per sub-layer, plus the two LayerNorms of every layer
         return (lv * (2 * 2 * bottleneck_params(d, c.rank_vision) + 2 * 2 * d)
                 + ll * (2 * 2 * bottleneck_params(h, c.rank_language) + 2 * 2 * h))
+    if name == "bitfit":  # DETR: in_proj 3d, out_proj d, FFN f + d, two LN d; input projection d; BERT: q, k, v, o,
+        f, ff = cfg.vision.ffn, cfg.language.intermediate  # intermediate, output, two LN; embedding LN
+        return d + lv * (3 * d + d + f + d + 2 * d) + h + ll * (4 * h + ff + h + 2 * h)
+    if name == "dara":  # DA (LN + bottleneck, no residual) per layer; vision RA: own down d -> 128, shared 128 -> d
+        da = lambda w, b: 2 * w + bottleneck_params(w, b)  # noqa: E731
+        text = ll // 2 * (da(h, c.bottleneck) + (h * 128 + 128 + 128 * (h - d) + h - d
+                                                 if c.text_relation == "added" else 0))
+        return lv * (da(d, c.bottleneck) + (d * 128 + 128) + (128 * d + d)) + text
     if name == "unipt":
         return (unipt_branch_params(lv, d, c.width_vision, c.instance)
                 + unipt_branch_params(ll, h, c.width_language, c.instance))
@@ -279,6 +298,7 @@ def expected_paper_count(name, c):
 
 
 @pytest.mark.parametrize("name, options", [("adapter", {}), ("lora", {}), ("vlpet", {}), ("unipt", {}),
+                                           ("bitfit", {}), ("dara", {}), ("dara", {"text_relation": "added"}),
                                            ("adapter", {"train_layer_norms": False}),
                                            ("vlpet", {"rank_language": 96, "rank_vision": 32}),
                                            ("unipt", {"instance": "vse", "width_language": 256}),
@@ -290,7 +310,9 @@ def test_paper_encoder_side_count(name, options):
         apply_method(method, model)
     counted = count_parameters(model)["encoder_side_trainable"]
     assert counted == expected_paper_count(name, method.config)
-    if not options:  # defaults are budget-matched to M2IST's 3.19M tunable parameters
+    if name == "dara":  # the released code's own count (train.py L191): + the discarded text RA path (986,880)
+        assert counted + (0 if options else 6 * (768 * 128 + 128 + 128 * 512 + 512)) + 6 * 512 == 1_600_704
+    if not options and name not in ("bitfit", "dara"):  # budget-matched to M2IST's 3.19M tunable parameters
         assert 2.5e6 < counted < 3.5e6
 
 
@@ -338,3 +360,26 @@ def test_unipt_output_joins_the_fusion_as_configured(join):
     for i, branch in enumerate(("vis", "txt")):
         frozen, side = seen[branch].features, seen["out"][i]
         assert torch.equal(fused[branch], side if join == "replace" else frozen + side)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_a_saved_checkpoint_evaluates_to_the_same_boxes(name, tmp_path):
+    """What `harness run` saves (best.pth: state dict + model and method description) rebuilds, through the eval
+    path, the model that gives the same boxes: trained values of every trainable parameter included."""
+    from dataclasses import asdict
+
+    from harness.train import load_checkpoint_for_eval, save_atomic
+
+    model = tuned_model(name).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # as if trained: no parameter left at its initial (often zero) value
+                p.add_(torch.randn_like(p) * 0.05)
+    meta = {"method": name, "method_config": asdict(build_method(name).config),
+            "model_config": model.config.to_dict(), "tokenizer": None, "data": "synthetic", "data_desc": {}}
+    save_atomic({"model": model.state_dict(), "meta": meta}, tmp_path / "best.pth")
+    loaded, _ = load_checkpoint_for_eval(tmp_path / "best.pth")
+    batch = random_batch(model)[:4]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(*batch), model(*batch), rtol=0, atol=0)

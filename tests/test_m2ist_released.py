@@ -11,62 +11,19 @@ must ignore (the review had to zero it by hand before fidelity round 3). The che
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from methods import apply_method, build_method
 from helpers import random_batch, tiny_model
-
-
-def ln(x, norm):
-    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
-
-
-def lin(x, linear):
-    return F.linear(x, linear.weight, linear.bias)
-
-
-def heads_split(x, heads):
-    b, n, d = x.shape
-    return x.reshape(b, n, heads, d // heads).transpose(1, 2)
-
-
-def attention(q, k, v, heads, pad):
-    """softmax(Q K^T / sqrt(d_head)) V over heads; `pad` (B, N_k) True = padded key."""
-    q, k, v = (heads_split(t, heads) for t in (q, k, v))
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
-    out = scores.softmax(-1) @ v
-    return out.transpose(1, 2).flatten(2)
-
-
-def mha(module, query, key, value, pad):
-    """nn.MultiheadAttention as DETR calls it (packed in_proj, out_proj)."""
-    w, b, d = module.in_proj_weight, module.in_proj_bias, query.shape[-1]
-    q, k, v = (F.linear(x, w[i * d:(i + 1) * d], b[i * d:(i + 1) * d]) for i, x in enumerate((query, key, value)))
-    return F.linear(attention(q, k, v, module.num_heads, pad), module.out_proj.weight, module.out_proj.bias)
-
-
-def post_norm_layer(layer, src, pos, pad):
-    """DETR / TransVG forward_post: (attention output, post-attention LN output, FFN output, layer output)."""
-    a = mha(layer.self_attn, src + pos, src + pos, src, pad)
-    x1 = ln(src + a, layer.norm1)
-    f = lin(F.relu(lin(x1, layer.linear1)), layer.linear2)
-    return a, x1, f, ln(x1 + f, layer.norm2)
+from released_ops import fusion_boxes, ln, lin, attention, post_norm_layer, vision_input
 
 
 def released_boxes(model, image, image_mask, word_ids, word_mask):
     side, bert = model.side, model.textmodel.bert
     # ---- vision: ResNet C5 -> input_proj -> 6 DETR layers with M2IST's vision adapters read off the side
-    feat = model.visumodel.backbone.forward_features(image)
-    vmask = F.interpolate(image_mask[None].float(), size=feat.shape[-2:])[0].to(torch.bool)
-    pos = model.visumodel.position(vmask).to(feat.dtype).flatten(2).transpose(1, 2)
-    proj = model.visumodel.input_proj
-    src = F.conv2d(feat, proj.weight, proj.bias).flatten(2).transpose(1, 2)
-    vmask = vmask.flatten(1)
+    src, pos, vmask = vision_input(model, image, image_mask)
     x, vis_sum = src, 0
     for i, layer in enumerate(model.visumodel.encoder.layers):
         a, _, f, x = post_norm_layer(layer, x, pos, vmask)
@@ -102,19 +59,7 @@ def released_boxes(model, image, image_mask, word_ids, word_mask):
     txt_delta = txt_sum + embedding_output
 
     # ---- fusion: [REG] + text + visual tokens, 6 post-norm layers, MLP + sigmoid on [REG]
-    bsz = image.shape[0]
-    tokens = torch.cat([model.reg_token.weight.expand(bsz, -1, -1), lin(h + txt_delta, model.text_proj),
-                        lin(x + vis_delta, model.visu_proj)], 1)
-    pad = torch.cat([torch.zeros(bsz, 1, dtype=torch.bool), tpad, vmask], 1)
-    vl_pos = model.vl_pos_embed.weight.unsqueeze(0).expand(bsz, -1, -1)
-    for layer in model.vl_transformer.layers:
-        tokens = post_norm_layer(layer, tokens, vl_pos, pad)[3]
-    out = tokens[:, 0]
-    for j, linear in enumerate(model.bbox_embed.layers):
-        out = lin(out, linear)
-        if j < len(model.bbox_embed.layers) - 1:
-            out = F.relu(out)
-    return out.sigmoid()
+    return fusion_boxes(model, h + txt_delta, tpad, x + vis_delta, vmask)
 
 
 def m2ist_float64(**options):

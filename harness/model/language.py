@@ -1,5 +1,5 @@
 """Language branch: transformers' BertModel (no pooler: TransVG never reads it) with the same seams as the
-DETR encoder layers: adapter slots on both sub-layer outputs and per-layer taps, and a switch for the token-type
+DETR encoder layers: adapter slots on both sub-layer outputs, a parallel seam beside each, per-layer taps, and a switch for the token-type
 embedding (`token_type_embedding`).
 
 The slots live in subclasses of BertSelfOutput / BertOutput that keep the parent's children (`dense`,
@@ -17,15 +17,19 @@ from harness.model.vision import BranchOutput
 
 
 class _SlottedOutput(nn.Module):
-    """Shared forward of a BERT sub-layer output: H = dense(h); H' = adapter(H, X); LN(drop(H') + X)."""
+    """Shared forward of a BERT sub-layer output: H = dense(h); H' = adapter(H, X); LN(drop(H') + X [+ g(X)]),
+    with g = `parallel` (a module on the sub-layer's input joining the residual sum outside the dropout, as the
+    DETR layers' `ffn_parallel`)."""
 
     adapter: nn.Module | None
+    parallel: nn.Module | None
     tap_names: tuple  # (sub-layer output before the adapter, result after add & norm)
 
     def forward(self, hidden_states, input_tensor):
         h = self.dense(hidden_states)
         adapted = h if self.adapter is None else self.adapter(h, input_tensor)
-        out = self.LayerNorm(self.dropout(adapted) + input_tensor)
+        residual = self.dropout(adapted) + input_tensor
+        out = self.LayerNorm(residual if self.parallel is None else residual + self.parallel(input_tensor))
         if self.sink is not None:
             raw, post = self.tap_names
             if raw == "attn":
@@ -40,7 +44,7 @@ class SlottedSelfOutput(_SlottedOutput, BertSelfOutput):
 
     def __init__(self, config):
         BertSelfOutput.__init__(self, config)
-        self.adapter = None
+        self.adapter = self.parallel = None
         self.sink = None
 
 
@@ -49,7 +53,7 @@ class SlottedOutput(_SlottedOutput, BertOutput):
 
     def __init__(self, config):
         BertOutput.__init__(self, config)
-        self.adapter = None
+        self.adapter = self.parallel = None
         self.sink = None
 
 

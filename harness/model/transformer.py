@@ -4,6 +4,8 @@ Parameter names follow DETR (`self_attn`, `linear1`, `linear2`, `norm1`, `norm2`
 checkpoints map onto it key for key. Each layer carries the two seams methods use:
 - adapter slots `attn_adapter` / `ffn_adapter`: a module f(H, X) -> H' applied to a sub-layer's output H
   (X = the sub-layer's input) before the residual add and LayerNorm (Adapter, VL-PET, sequential forms);
+- `ffn_parallel`: a module g(X) on the FFN sub-layer's input whose output joins the residual sum beside the
+  FFN, outside its dropout: out = LN(X + drop(FFN(X)) + g(X)) (DARA's relation-aware adapter);
 - taps: when a `Taps` list is passed, the layer appends the requested ones of {x, attn, attn_out, ffn,
   out} for side networks.
 """
@@ -43,6 +45,7 @@ class EncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.attn_adapter: nn.Module | None = None
         self.ffn_adapter: nn.Module | None = None
+        self.ffn_parallel: nn.Module | None = None
         # need_weights=True makes nn.MultiheadAttention take its explicit bmm/softmax path instead of the
         # fused kernel (SDPA): what the released TransVG/M2IST code runs (recipe `runtime: released`), and
         # what FLOP counters need to see the attention matmuls.
@@ -56,7 +59,8 @@ class EncoderLayer(nn.Module):
         x1 = self.norm1(src + self.dropout1(a))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(x1))))
         f = ffn if self.ffn_adapter is None else self.ffn_adapter(ffn, x1)
-        out = self.norm2(x1 + self.dropout2(f))
+        residual = x1 + self.dropout2(f)
+        out = self.norm2(residual if self.ffn_parallel is None else residual + self.ffn_parallel(x1))
         if taps is not None:
             taps.add(x=src, attn=attn, attn_out=x1, ffn=ffn, out=out)
         return out

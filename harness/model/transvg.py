@@ -90,6 +90,8 @@ class TransVG(nn.Module):
         for layer in list(self.visumodel.encoder.layers) + list(self.vl_transformer.layers):
             layer.eager_attention = eager
         self.textmodel.set_eager_attention(eager)
+        if hasattr(self.side, "set_eager_attention"):  # a side network with attention layers of its own (LST)
+            self.side.set_eager_attention(eager)
 
     def optimize_for_training(self, channels_last: bool = False) -> None:
         """Speed-ups that keep the function (up to float rounding): fold the frozen BatchNorms into their
