@@ -1,4 +1,4 @@
-"""The PETL baselines (adapter, lora, vlpet, unipt, bitfit, dara): what trains, identity at initialisation, where
+"""The PETL baselines (adapter, lora, vlpet, unipt, bitfit, dara, lst): what trains, identity at initialisation, where
 gradients go (through the frozen encoders for the inline methods, never into them for UniPT), peft's
 MultiheadAttention wrapper, VL-PET's gate granularities, UniPT's masks, and the paper-preset counts derived
 from formulas."""
@@ -15,7 +15,8 @@ from methods.vlpet import VLPETModule
 from helpers import random_batch, tiny_model
 
 INLINE = ("adapter", "lora", "vlpet", "bitfit", "dara")
-ALL = INLINE + ("unipt",)
+SIDE = ("unipt", "lst")  # side networks over frozen encoders run without autograd
+ALL = INLINE + SIDE
 
 
 def tuned_model(name, seed=0, **options):
@@ -64,6 +65,8 @@ def expected_method_prefixes(name, cfg):
     if name == "dara":  # every DETR layer: DA in the attention slot, RA beside the FFN; BERT's first half: DA
         return ([p + s for p in vision for s in ("attn_adapter.", "ffn_parallel.")]
                 + [p + "attention.output.adapter." for p in language[:cfg.language.layers // 2]])
+    if name == "lst":  # the two ladders, whole
+        return ["side.vision.", "side.language."]
     if name == "unipt":  # grounding instance: every second layer output from h_1 (tiny: [1] and [1, 3])
         return ([f"side.vision.downsample.{i}." for i in range(len(range(1, cfg.vision.layers, 2)))]
                 + [f"side.language.downsample.{i}." for i in range(len(range(1, cfg.language.layers, 2)))]
@@ -83,7 +86,7 @@ def test_exactly_the_method_parameters_and_fusion_head_train(name):
     method = {n for n in names if n.startswith(tuple(prefixes))}
     assert all(any(n.startswith(p) for n in method) for p in prefixes), "a site got no module"
     assert trainable == fusion_head | method
-    assert model.encoders_need_grad is (name != "unipt")
+    assert model.encoders_need_grad is (name not in SIDE)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -134,8 +137,9 @@ def test_gradients_reach_only_trainable_parameters(name):
             assert grads and max(grads) > 0, f"no gradient crossed the frozen encoder down to {first}"
 
 
-def test_unipt_encoders_keep_no_autograd_state():
-    model = tuned_model("unipt").train()
+@pytest.mark.parametrize("name", SIDE)
+def test_side_networks_keep_no_autograd_state_in_the_encoders(name):
+    model = tuned_model(name).train()
     seen = {}
     model.side.register_forward_hook(lambda mod, args, out: seen.update(vis=args[0], txt=args[1], deltas=out))
     l1_loss(model, random_batch(model)).backward()
@@ -291,6 +295,14 @@ def expected_paper_count(name, c):
         text = ll // 2 * (da(h, c.bottleneck) + (h * 128 + 128 + 128 * (h - d) + h - d
                                                  if c.text_relation == "added" else 0))
         return lv * (da(d, c.bottleneck) + (d * 128 + 128) + (128 * d + d)) + text
+    if name == "lst":  # per branch: side layers at width w // r, down_0 + one down per layer, gates, up
+        r = c.reduction
+
+        def ladder(w, n, ffn):
+            s, m = w // r, ffn // r
+            layer = 4 * s * s + 4 * s + 2 * s * m + m + s + 4 * s  # q, k, v, o; FFN; two LayerNorms
+            return n * layer + (n + 1) * (w * s + s) + n + s * w + w
+        return ladder(d, lv, cfg.vision.ffn) + ladder(h, ll, cfg.language.intermediate)
     if name == "unipt":
         return (unipt_branch_params(lv, d, c.width_vision, c.instance)
                 + unipt_branch_params(ll, h, c.width_language, c.instance))
@@ -299,6 +311,7 @@ def expected_paper_count(name, c):
 
 @pytest.mark.parametrize("name, options", [("adapter", {}), ("lora", {}), ("vlpet", {}), ("unipt", {}),
                                            ("bitfit", {}), ("dara", {}), ("dara", {"text_relation": "added"}),
+                                           ("lst", {}), ("lst", {"reduction": 4}),
                                            ("adapter", {"train_layer_norms": False}),
                                            ("vlpet", {"rank_language": 96, "rank_vision": 32}),
                                            ("unipt", {"instance": "vse", "width_language": 256}),
@@ -344,12 +357,13 @@ def test_unipt_paper_counts_quoted_in_the_yaml():
     assert counts == {"grounding": 3_194_242, "vse_256": 3_111_810}
 
 
+@pytest.mark.parametrize("name", SIDE)
 @pytest.mark.parametrize("join", ["replace", "add"])
-def test_unipt_output_joins_the_fusion_as_configured(join):
-    """Default `replace` = MDETR transformer.py L341: the fusion receives the UniPT output in place of each branch's
-    frozen final features (which reach it only through the anchor); `add` puts the output on top of them."""
-    model = tuned_model("unipt", **({} if join == "replace" else {"join": join})).eval()
-    assert build_method("unipt").config.join == "replace"
+def test_side_output_joins_the_fusion_as_configured(name, join):
+    """Default `replace` = MDETR transformer.py L341 (UniPT) and LST's merge_last false: the fusion receives the side
+    output in place of each branch's frozen final features; `add` puts the output on top of them."""
+    model = tuned_model(name, **({} if join == "replace" else {"join": join})).eval()
+    assert build_method(name).config.join == "replace"
     seen = {}
     model.side.register_forward_hook(lambda mod, args, out: seen.update(vis=args[0], txt=args[1], out=out))
     fused = {}
