@@ -18,7 +18,8 @@ from datasets.files import disk_full, write_error
 from harness.errors import HarnessError
 
 SCHEMA_VERSION = 1
-# field -> type(s) every record must have; `results` maps split -> {accuracy, miou, n}
+# field -> type(s) every record must have; `results` maps split -> {accuracy, miou, n} and, in run records since
+# issue 28, `outcomes`: every expression's hit (harness.evaluate.pack_outcomes), what paired statistics read
 REQUIRED = {
     "schema": int, "kind": str, "run_id": str, "method": str, "method_config": dict, "dataset": str,
     "dataset_label": str, "data": str, "preset": str, "recipe": dict, "weights": dict, "env": dict,
@@ -169,6 +170,13 @@ def validate_record(record, source="record") -> dict:
         if bad:  # NaN fails 0 <= x <= 1 too
             raise HarnessError(f"{source}: results['{split}'] {bad[0]} is {res[bad[0]]!r}: accuracy and mIoU lie in "
                                "[0, 1] and n is at least 1 (a damaged or hand-edited record: rerun its run)")
+        outcomes = res.get("outcomes")
+        if outcomes is not None and not (isinstance(outcomes, str) and len(outcomes) == 2 * -(-res["n"] // 8)
+                                         and all(c in "0123456789abcdef" for c in outcomes)
+                                         and abs(bin(int(outcomes or "0", 16)).count("1") / res["n"]
+                                                 - res["accuracy"]) < 1e-9):
+            raise HarnessError(f"{source}: results['{split}'] outcomes is not the hex of {res['n']} packed bits whose "
+                               "hits give its accuracy (a damaged or hand-edited record: rerun its run)")
     return record
 
 

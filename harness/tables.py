@@ -22,6 +22,7 @@ import pandas as pd
 from datasets.catalog import get_spec
 from harness.errors import HarnessError
 from harness.records import read_record, write_text_atomic
+from harness.stats import holds, paired_difference
 
 # Main-table columns: (dataset, split, split label); RefCOCOg google's val-g only when a record has it.
 MAIN_SPLITS = [("unc", "val", "val"), ("unc", "testA", "testA"), ("unc", "testB", "testB"),
@@ -170,10 +171,7 @@ def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str,
     for data, preset in sorted({(r["data"], r["preset"]) for r in runs}, key=lambda k: (k[0] != "real", k[1])):
         group = _newest([r for r in runs if (r["data"], r["preset"]) == (data, preset)]
                         + [b for b in baselines if b["data"] == data])
-        by_seed = {}  # (row, dataset) -> the ok records of its seeds
-        for r in sorted(group, key=lambda r: str(_seed(r))):
-            if r["status"] == "ok":
-                by_seed.setdefault((row_name(r), r["dataset"]), []).append(r)
+        by_seed = _ok_by_row(group)
         ok = {key: recs[0] for key, recs in by_seed.items()}
         splits = [s for s in MAIN_SPLITS if s[:2] not in OPTIONAL or any(d == s[0] for _, d in ok)]
         rows = []
@@ -196,6 +194,49 @@ def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str,
         heading = f"{'Synthetic data' if data == 'synthetic' else 'Real data'}, preset {preset}"
         out.append((heading, pd.DataFrame(rows), group))
     return out
+
+
+def _ok_by_row(group: list[dict]) -> dict:
+    """(row, dataset) -> the ok records of its seeds, in seed order."""
+    by_seed = {}
+    for r in sorted(group, key=lambda r: str(_seed(r))):
+        if r["status"] == "ok":
+            by_seed.setdefault((row_name(r), r["dataset"]), []).append(r)
+    return by_seed
+
+
+REFERENCES = ("frozen", "full")
+DIFFERENCE_RULE = (
+    "difference tables: Acc@0.5 points of the row minus the reference row (frozen: the floor every PETL method must "
+    "beat; full: fine-tuning), on the same eval expressions and the seeds both rows have; [low, high] = 95% paired "
+    "bootstrap interval over expressions (harness/stats.py); * = the interval excludes 0, the difference holds. Seed "
+    "spread is the main table's +- std.")
+
+
+def _difference_cell(d) -> str:
+    if d is None:
+        return ""
+    return f"{d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]{' *' if holds(d) else ''} (s={d['seeds']})"
+
+
+def difference_table(group: list[dict]) -> pd.DataFrame | None:
+    """Per method row, its paired difference to `frozen` and to `full` on every split both have (None: nothing
+    to compare, e.g. records without per-expression outcomes)."""
+    by_seed = _ok_by_row([r for r in group if r["kind"] == "run"])
+    data = group[0]["data"]
+    splits = [s for s in MAIN_SPLITS if any(d == s[0] for _, d in by_seed)]
+    rows = []
+    for method in sorted({m for m, _ in by_seed}, key=method_order):
+        row = {"method": method}
+        for ref in REFERENCES:
+            for dataset, split, label in splits:
+                d = (None if method == ref else
+                     paired_difference(by_seed.get((method, dataset), []), by_seed.get((ref, dataset), []), split))
+                row[f"vs {ref}: {_dataset_label(dataset, data)} {label}"] = _difference_cell(d)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table = table.loc[:, [c for c in table.columns if c == "method" or table[c].ne("").any()]]
+    return table if len(table.columns) > 1 else None
 
 
 def _distinct(values) -> str:
@@ -305,13 +346,17 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
             ax.axhline(floor, ls="--", color="grey", lw=1)
             ax.annotate(f"text-blind floor {floor:.1f}", (0, floor), xycoords=("axes fraction", "data"),
                         xytext=(4, 3), textcoords="offset points", fontsize=8, color="grey")
+        by_seed = _ok_by_row([r for r in recs if r["kind"] == "run"])
+        paired = {m: paired_difference(by_seed.get((m, "unc"), []), by_seed.get(("frozen", "unc"), []), "val")
+                  for m, _, _, _ in points if m != "frozen"}
         biggest = max(p[3] for p in points) or 1.0
         for i, (method, x, y, tunable) in enumerate(sorted(points, key=lambda p: p[1])):
+            mark = " *" if paired.get(method) and holds(paired[method]) else ""
             size = 60 + 1500 * tunable / biggest  # marker area in points^2
             ax.scatter(x, y, s=size, alpha=0.5)
             # labels alternate above / below along the memory axis, so neighbours with equal accuracy stay legible
             offset = (size**0.5 / 2 + 3) * (1 if i % 2 == 0 else -1)
-            ax.annotate(f"{method} ({tunable:.2f}M)", (x, y), xytext=(0, offset), textcoords="offset points",
+            ax.annotate(f"{method}{mark} ({tunable:.2f}M)", (x, y), xytext=(0, offset), textcoords="offset points",
                         ha="center", va="bottom" if offset > 0 else "top", fontsize=8)
         cpu = any(r["memory"].get("device") == "cpu" for r in e_recs)
         kind = ("CPU proxy: saved activations + params + grads + AdamW state" if cpu
@@ -320,7 +365,9 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
         ax.set_ylabel(f"Acc@0.5 (%), {acc_col}")
         loud = "SYNTHETIC DATA - " if recs[0]["data"] == "synthetic" else ""
         ax.set_title(f"{loud}accuracy: {heading} ({', '.join(sorted({_device_name(r) for r in recs}))})\n"
-                     f"memory: {e_heading}; bubble area = tunable (encoder-side) parameters", fontsize=8)
+                     f"memory: {e_heading}; bubble area = tunable (encoder-side) parameters"
+                     + ("; * = differs from frozen (95% paired bootstrap)" if any(paired.values()) else ""),
+                     fontsize=8)
         ax.margins(0.25)
         ax.grid(alpha=0.3)
     else:
@@ -426,11 +473,15 @@ def build_tables(runs="results/runs", profiles="results/profile", out="results",
     mains = main_tables(all_runs + chosen, floors)
     used = [r for _, _, recs in mains for r in recs]
     text = provenance(
-        "Main results: Acc@0.5 (%)", used, [COUNTING], command,
+        "Main results: Acc@0.5 (%)", used, [COUNTING, DIFFERENCE_RULE], command,
         "Columns named 'synthetic (X-style)' come from the generated synthetic set in X's index format; they "
         "are not RefCOCO / RefCOCO+ / RefCOCOg / ReferItGame results and must never be reported as such.") + how
     for heading, table, recs in mains:
         text += f"\n## {heading}\n\n{_markdown(table)}\n"
+        differences = difference_table(recs)
+        if differences is not None:
+            text += f"\n### {heading}: differences to frozen and to full (Acc@0.5 points, 95% interval)\n\n"
+            text += f"{_markdown(differences)}\n"
         bad = sorted(f"{r['run_id']} ({r['status']})" for r in recs if r["status"] != "ok")
         if bad:
             text += f"\nEmpty cells include runs that did not finish: {', '.join(bad)}.\n"

@@ -235,3 +235,52 @@ def test_a_record_of_the_wrong_shape_is_one_line_in_table_and_select(tmp_path, c
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "x.json" in err and message in err and err.count("\n") == 1, err
+
+
+def with_outcomes(record, hits_by_split, seed):
+    """The record's results rewritten from per-expression hits (what harness.evaluate stores), for one seed."""
+    from harness.evaluate import pack_outcomes
+
+    record["recipe"]["seed"] = seed
+    record["run_id"] += f"_seed{seed}"
+    for split, hits in hits_by_split.items():
+        record["results"][split] = {"accuracy": sum(hits) / len(hits), "miou": 0.5, "n": len(hits),
+                                    "outcomes": pack_outcomes(hits)}
+    return validate_record(record)
+
+
+def test_difference_tables_give_paired_intervals_and_mark_what_holds(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    runs = tmp_path / "runs"
+    for seed in (13, 14):
+        base = rng.random(400) < 0.5  # frozen's hits on this seed
+        better = base | (rng.random(400) < 0.6)  # full: every hit of frozen and many more
+        noise = base.copy()
+        noise[rng.choice(400, 4, replace=False)] ^= True  # zeta: frozen with 4 expressions flipped
+        for method, hits in (("frozen", base), ("full", better), ("zeta", noise)):
+            record = with_outcomes(make_record(method), {s: hits.tolist() for s in SPLITS["unc"]}, seed)
+            write_json_atomic(runs / f"{record['run_id']}.json", record)
+    build_tables(runs=runs, profiles=tmp_path / "none", out=tmp_path / "out")
+    text = (tmp_path / "out" / "main.md").read_text()
+    section = text.split("differences to frozen and to full")[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in section.splitlines() if line.startswith("| ") and "method" not in line}
+    header = [c.strip() for c in next(l for l in section.splitlines() if l.startswith("| method")).split("|")[2:-1]]
+    val_vs_frozen = header.index("vs frozen: synthetic (RefCOCO-style) val")
+    full_cell, zeta_cell = rows["full"][val_vs_frozen], rows["zeta"][val_vs_frozen]
+    diff, low, high = (float(v) for v in full_cell.replace("[", " ").replace(",", " ").replace("]", " ").split()[:3])
+    assert low < diff < high and low > 0 and full_cell.endswith("* (s=2)")
+    assert "*" not in zeta_cell and zeta_cell.endswith("(s=2)")
+    assert rows["frozen"][val_vs_frozen] == ""  # a row is not compared with itself
+    # the same records give the same tables, byte for byte (the bootstrap's generator is fixed)
+    build_tables(runs=runs, profiles=tmp_path / "none", out=tmp_path / "out")
+    assert (tmp_path / "out" / "main.md").read_text() == text
+
+
+def test_outcomes_that_contradict_the_accuracy_are_refused():
+    record = with_outcomes(make_record("full"), {"val": [True, False, True]}, 13)
+    record["results"]["val"]["accuracy"] = 1.0
+    with pytest.raises(HarnessError, match="outcomes is not the hex of 3 packed bits"):
+        validate_record(record)

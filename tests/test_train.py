@@ -242,5 +242,6 @@ def test_eval_command_scores_a_checkpoint(cache, tmp_path, capsys, monkeypatch):
     assert out.keys() == record["results"].keys()
     for split, res in out.items():
         assert res["n"] == record["results"][split]["n"]
+        assert res["outcomes"] == record["results"][split]["outcomes"]  # every expression's hit, in index order
         assert res["accuracy"] == pytest.approx(record["results"][split]["accuracy"])
         assert res["miou"] == pytest.approx(record["results"][split]["miou"], abs=1e-6)
