@@ -26,6 +26,9 @@ class Recipe:
     num_workers: int = 4
     eval_every: int = 1  # epochs between validations (best checkpoint is chosen on val, as TransVG)
     augment: bool = True
+    # Loss = l1_weight x L1 + giou_weight x GIoU on normalised cxcywh (TransVG: 1 and 1; DETR's box terms: 5 and 2)
+    l1_weight: float = 1.0
+    giou_weight: float = 1.0
     # Runtime settings; the numerics are the same up to float rounding, TF32 aside (train.prepare_runtime):
     # - `runtime: released` = the released TransVG/M2IST code's measurement conditions (the paper's Fig. 1):
     #   attention through nn.MultiheadAttention with need_weights=True and BERT's explicit attention (both keep
@@ -70,6 +73,7 @@ def build_recipe(preset: str, dataset: str, *overrides: dict) -> Recipe:
                           ("eval_every", recipe.eval_every >= 1, ">= 1"), ("lr", recipe.lr > 0, "> 0"),
                           ("lr_encoder", recipe.lr_encoder >= 0, ">= 0"), ("lr_scale", recipe.lr_scale > 0, "> 0"),
                           ("weight_decay", recipe.weight_decay >= 0, ">= 0"),
+                          ("l1_weight", recipe.l1_weight >= 0, ">= 0"), ("giou_weight", recipe.giou_weight >= 0, ">= 0"),
                           ("clip_max_norm", recipe.clip_max_norm >= 0, ">= 0 (0 = no clipping)"),
                           ("num_workers", recipe.num_workers >= 0, ">= 0"),
                           ("frozen_chunk", recipe.frozen_chunk is None or recipe.frozen_chunk >= 1,

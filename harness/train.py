@@ -435,7 +435,7 @@ def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, schedu
             batch = model_inputs(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.amp):
                 pred = train_model(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"])
-            loss = rec_loss(pred.float(), batch["box"])
+            loss = rec_loss(pred.float(), batch["box"], recipe.l1_weight, recipe.giou_weight)
             optimizer.zero_grad(set_to_none=True)
             loss["loss"].backward()
             if recipe.clip_max_norm > 0:

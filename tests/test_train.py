@@ -245,3 +245,13 @@ def test_eval_command_scores_a_checkpoint(cache, tmp_path, capsys, monkeypatch):
         assert res["outcomes"] == record["results"][split]["outcomes"]  # every expression's hit, in index order
         assert res["accuracy"] == pytest.approx(record["results"][split]["accuracy"])
         assert res["miou"] == pytest.approx(record["results"][split]["miou"], abs=1e-6)
+
+
+def test_recipe_loss_weights_reach_the_training_loss(cache, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train_mod, "rec_loss", lambda p, b, *weights: seen.append(weights) or rec_loss(p, b, *weights))
+    run(config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4, "num_workers": 0,
+                                                  "l1_weight": 5.0, "giou_weight": 2.0}))
+    assert seen == [(5.0, 2.0)]
+    with pytest.raises(HarnessError, match="l1_weight must be >= 0"):
+        build_recipe("tiny", "unc", {"l1_weight": -1.0})

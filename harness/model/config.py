@@ -43,6 +43,8 @@ class FusionConfig:
     dropout: float = 0.1
     # std of the V-L position embedding's normal init; None = nn.Embedding's N(0, 1), as TransVG.
     pos_embed_std: float | None = None
+    # TransVG's vl_transformer switch (False in its build_vl_transformer): pre-norm layers and a final LayerNorm.
+    normalize_before: bool = False
 
 
 @dataclass(frozen=True)

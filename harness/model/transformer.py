@@ -33,8 +33,12 @@ class Taps(list):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float):
+    """DETR / TransVG's encoder layer: post-norm (forward_post) by default; `normalize_before` = its forward_pre,
+    x + attn(LN1(x)), then x + FFN(LN2(x)) (TransVG models/vl_transformer.py L105-121 @c862427)."""
+
+    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float, normalize_before: bool = False):
         super().__init__()
+        self.normalize_before = normalize_before
         self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, ffn)
         self.dropout = nn.Dropout(dropout)
@@ -52,6 +56,8 @@ class EncoderLayer(nn.Module):
         self.eager_attention = False
 
     def forward(self, src, pos, key_padding_mask, taps: Taps | None = None):
+        if self.normalize_before:
+            return self.forward_pre(src, pos, key_padding_mask, taps)
         q = k = src + pos
         attn = self.self_attn(q, k, src, key_padding_mask=key_padding_mask,
                               need_weights=self.eager_attention, average_attn_weights=False)[0]
@@ -65,17 +71,36 @@ class EncoderLayer(nn.Module):
             taps.add(x=src, attn=attn, attn_out=x1, ffn=ffn, out=out)
         return out
 
+    def forward_pre(self, src, pos, key_padding_mask, taps: Taps | None = None):
+        """Pre-norm, with the same slots and taps (attn_out = the residual stream after attention)."""
+        h = self.norm1(src)
+        attn = self.self_attn(h + pos, h + pos, h, key_padding_mask=key_padding_mask,
+                              need_weights=self.eager_attention, average_attn_weights=False)[0]
+        a = attn if self.attn_adapter is None else self.attn_adapter(attn, h)
+        x1 = src + self.dropout1(a)
+        h = self.norm2(x1)
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(h))))
+        f = ffn if self.ffn_adapter is None else self.ffn_adapter(ffn, h)
+        out = x1 + self.dropout2(f) + (0 if self.ffn_parallel is None else self.ffn_parallel(h))
+        if taps is not None:
+            taps.add(x=src, attn=attn, attn_out=x1, ffn=ffn, out=out)
+        return out
+
 
 class Encoder(nn.Module):
-    """A stack of post-norm layers without a final norm (DETR's default, normalize_before=False).
+    """A stack of layers: post-norm without a final norm (DETR's default), or with `normalize_before` pre-norm
+    layers and a final LayerNorm `norm` (DETR / TransVG: encoder_norm = LayerNorm if normalize_before else None).
 
     `checkpoint_layers`: activation checkpointing, one segment per layer (torch.utils.checkpoint, non-reentrant,
     RNG state preserved so dropout replays the same masks): a layer keeps only its input for backward and
     recomputes its activations there. Numerics unchanged; used for the V-L fusion (recipe `checkpoint_fusion`)."""
 
-    def __init__(self, layers: int, d_model: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, layers: int, d_model: int, heads: int, ffn: int, dropout: float,
+                 normalize_before: bool = False):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(d_model, heads, ffn, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(EncoderLayer(d_model, heads, ffn, dropout, normalize_before)
+                                    for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model) if normalize_before else None
         self.checkpoint_layers = False
         for p in self.parameters():  # DETR Transformer._reset_parameters
             if p.dim() > 1:
@@ -88,7 +113,7 @@ class Encoder(nn.Module):
                 src = checkpoint(layer, src, pos, key_padding_mask, use_reentrant=False)
             else:
                 src = layer(src, pos, key_padding_mask, taps)
-        return src
+        return src if self.norm is None else self.norm(src)
 
 
 class PositionEmbeddingSine(nn.Module):

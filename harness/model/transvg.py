@@ -52,7 +52,8 @@ class TransVG(nn.Module):
         self.vl_pos_embed = nn.Embedding(1 + cfg.max_query_len + cfg.visual_tokens, d)
         if cfg.fusion.pos_embed_std is not None:
             nn.init.normal_(self.vl_pos_embed.weight, std=cfg.fusion.pos_embed_std)
-        self.vl_transformer = Encoder(cfg.fusion.layers, d, cfg.fusion.heads, cfg.fusion.ffn, cfg.fusion.dropout)
+        self.vl_transformer = Encoder(cfg.fusion.layers, d, cfg.fusion.heads, cfg.fusion.ffn, cfg.fusion.dropout,
+                                      cfg.fusion.normalize_before)
         self.bbox_embed = MLP(d, d, 4, 3)
         self.side: nn.Module | None = None
         self.encoders_need_grad = True
