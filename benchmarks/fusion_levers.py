@@ -44,6 +44,14 @@ LEVERS = (
     ("224 px (7 x 7 visual tokens)", {"image_size": 224}),
     ("text-blind (text features zeroed)", {"text_blind": True}),
     ("pre-norm + DETR's loss weights", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
+    ("pre-norm + DETR's weights, lr 3e-3", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
+                                            "lr": 3e-3}),
+    ("pre-norm + DETR's weights, lr 3e-4", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
+                                            "lr": 3e-4}),
+    ("pre-norm + DETR's weights, batch 8", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
+                                            "batch": 8}),
+    ("pre-norm + DETR's weights, 1 layer", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
+                                            "fusion": {"layers": 1}}),
 )
 
 
@@ -67,6 +75,7 @@ def probe(label: str, lever: dict, seed: int, steps: int, every: int) -> dict:
         for layer in model.vl_transformer.layers:
             layer.forward = types.MethodType(_pre_norm, layer)
     result = train(model, features, steps, every, seed=seed, betas=lever.get("betas", (0.9, 0.999)),
+                   lr=lever.get("lr", 1e-3), batch=lever.get("batch", 32),
                    loss_weights=lever.get("loss", {}))
     curve = " ".join(f"{100 * c['val_accuracy']:.0f}" for c in result["curve"])
     print(f"{label}, seed {seed}: val Acc@0.5 every {every} steps {curve}", flush=True)
