@@ -40,6 +40,42 @@ def _cmd_data_check(args):
     print(format_report(report))
 
 
+def _cmd_fetch_data(args):
+    from harness.fetch import fetch_data
+
+    fetch_data(args)
+
+
+def _cmd_fetch_weights(args):
+    from harness.fetch import fetch_weights
+
+    fetch_weights(args)
+
+
+def _add_fetch(sub) -> None:
+    """`harness fetch data|weights`, beside their handlers."""
+    fetch = sub.add_parser("fetch", help="download the public data or weights (resume, mirrors, checksums), then "
+                           "lay them out, prepare and check them")
+    fetch_sub = fetch.add_subparsers(dest="fetch_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--manifest", default=None, help="another manifest of harness/manifest.yaml's format")
+    common.add_argument("--mirror", default=None, help="a site's own mirror, tried first: MIRROR/<file name>")
+    common.add_argument("--from-dir", default=None, help="use the files downloaded elsewhere into this folder "
+                                                         "(verified the same way) instead of the network")
+    data = fetch_sub.add_parser("data", parents=[common], help="COCO train2014 images and a dataset's annotations "
+                                "-> DATA/data/<name>/ (index) and DATA/ln_data/ (images), then prepare and check")
+    data.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd (referit: README, 'Real data')")
+    data.add_argument("--root", required=True, help="data root to fill (archives kept in ROOT/downloads/)")
+    data.add_argument("--source", default="refer", choices=["refer", "mdetr"],
+                      help="annotations: REFER's archives (default) or MDETR's")
+    data.add_argument("--weights", default=None, help="weights folder named in the printed commands "
+                                                      "(default: ROOT/../weights)")
+    data.set_defaults(func=_cmd_fetch_data)
+    weights = fetch_sub.add_parser("weights", parents=[common], help="DETR-R50 and bert-base-uncased into OUT")
+    weights.add_argument("--out", required=True, help="weights folder")
+    weights.set_defaults(func=_cmd_fetch_weights)
+
+
 def _cmd_data_baseline(args):
     import json
 
@@ -384,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--output", default=None, help="also write one record per rule here (the tables show them as "
                                                      "the floor rows), e.g. results/runs")
     base.set_defaults(func=_cmd_data_baseline)
+    _add_fetch(sub)
 
     run = sub.add_parser("run", help="train one method on one dataset, evaluate every split, write a run record")
     run.add_argument("--method", required=True)
