@@ -338,8 +338,8 @@ def test_a_non_finite_loss_fails_the_run_with_its_step(data_copy, tmp_path, caps
     import harness.train
 
     real = harness.train.rec_loss
-    monkeypatch.setattr(harness.train, "rec_loss", lambda pred, box: {**real(pred, box), "loss": real(pred, box)["loss"]
-                                                                      * float("nan")})
+    monkeypatch.setattr(harness.train, "rec_loss",
+                        lambda pred, box, *weights: {**real(pred, box), "loss": real(pred, box)["loss"] * float("nan")})
     assert main(run_args(data_copy, tmp_path)) == 2
     assert "the training loss is nan at step 1 (epoch 1): training diverged" in one_line_error(capsys)
     record = json.loads((tmp_path / "rec" / "unc_frozen_tiny.json").read_text())  # strict JSON: no bare NaN
