@@ -11,6 +11,7 @@ from harness.errors import HarnessError
 from harness.records import write_json_atomic
 from harness.suites import expand, load_suite
 from harness.tables import method_order
+from methods import method_names
 
 
 def test_sweep_suite_grids_every_tunable_method_then_seeds_the_choice():
@@ -23,8 +24,10 @@ def test_sweep_suite_grids_every_tunable_method_then_seeds_the_choice():
         per_method.setdefault(method, []).append([a for a in job.argv if a.startswith("lr_encoder=")])
     assert per_method.pop("frozen") == [[]]  # nothing to tune: one run, published setting
     assert all(v == [["lr_encoder=1.0e-05"], ["lr_encoder=0.0001"], ["lr_encoder=0.001"]]
-               for v in per_method.values()) and len(per_method) == 6
-    assert {j.argv[j.argv.index("--seed") + 1] for j in seeds} == {"14", "15"} and len(seeds) == 14
+               for v in per_method.values()) and set(per_method) == set(method_names()) - {"frozen"}
+    # two more seeds of every method's chosen configuration, frozen's included
+    assert {j.argv[j.argv.index("--seed") + 1] for j in seeds} == {"14", "15"}
+    assert len(seeds) == 2 * len(method_names())
     names = [j.argv[0] for j in jobs]
     assert names.index("select") > max(i for i, j in enumerate(jobs) if j in grid)  # select after the whole grid
     assert names.index("select") < min(i for i, j in enumerate(jobs) if j in seeds) and jobs[names.index("select")].barrier
