@@ -41,7 +41,8 @@ def encoder_features(images: int | None = None):
     from harness.model import build_model, get_config
     from harness.model.weights import load_language_weights, load_vision_weights
     from harness.recipe import build_recipe
-    from harness.train import RunConfig, build_loader, resolve_data, vocab_size_for, with_stand_in_encoders
+    from harness.run import RunConfig, resolve_data, vocab_size_for, with_stand_in_encoders
+    from harness.engine import build_loader
 
     cfg = RunConfig(method="frozen", dataset="unc", stand_in_encoders=True, synthetic_images=images)
     spec = get_spec("unc")

@@ -23,7 +23,7 @@ def breakdown(method_name: str, iterations: int, warmup: int) -> dict:
     from harness.losses import rec_loss
     from tiny_iteration import setup
 
-    model, optimizer, loader = setup(method_name)  # as train.run builds them; the decoded-image cache filled
+    model, optimizer, loader = setup(method_name)  # as run.run builds them; the decoded-image cache filled
     batches = loader(True)
     times = {"data": [], "forward_loss": [], "backward_step": []}
     model.train()

@@ -6,7 +6,7 @@ each method on synthetic unc from the stand-in encoders, one torch thread as a s
 
 before = the backbone in the default memory format and every image decoded per sample (the pipeline up to
 b89521c); after = channels-last convolutions (`prepare_runtime`) and the synthetic set kept decoded
-(`RECDataset(cache_images=True)`, as `train.run` builds it on CPU). The two alternate in windows of `--window`
+(`RECDataset(cache_images=True)`, as `run.run` builds it on CPU). The two alternate in windows of `--window`
 iterations on one model, one optimizer and the same data, so that load from anything else on the machine falls on
 both alike; the figure is the median iteration of each. The cached set is filled before timing, as from a run's
 second epoch on.
@@ -25,7 +25,7 @@ from harness.records import environment, now, write_json_atomic
 
 
 def setup(method: str):
-    """A run's model, optimizer and recipe for `method` on synthetic unc, as `train.run` builds them, and the
+    """A run's model, optimizer and recipe for `method` on synthetic unc, as `run.run` builds them, and the
     training loader over the train split with or without the decoded-image cache."""
     from datasets.catalog import get_spec
     from datasets.rec import RECDataset
@@ -33,8 +33,8 @@ def setup(method: str):
     from harness.model import build_model, get_config
     from harness.model.weights import load_language_weights, load_vision_weights
     from harness.recipe import build_recipe
-    from harness.train import (RunConfig, build_loader, build_optimizer, prepare_runtime, resolve_data,
-                               vocab_size_for, with_stand_in_encoders)
+    from harness.run import RunConfig, resolve_data, vocab_size_for, with_stand_in_encoders
+    from harness.engine import build_loader, build_optimizer, prepare_runtime
     from methods import apply_method, build_method, method_defaults
 
     cfg = RunConfig(method=method, dataset="unc", stand_in_encoders=True)

@@ -77,7 +77,7 @@ def floor(toy: str) -> float:
     """The best text-blind rule's val Acc@0.5 (%) on the toy's synthetic unc."""
     from datasets.baseline import text_blind_baselines
     from datasets.catalog import resolve_paths
-    from harness.train import synthetic_root
+    from harness.run import synthetic_root
 
     apply_toy(toy)
     root = synthetic_root(toy_cache(toy))

@@ -40,6 +40,78 @@ def _cmd_data_check(args):
     print(format_report(report))
 
 
+def _cmd_data_baseline(args):
+    import json
+
+    from datasets.baseline import format_baselines, text_blind_baselines
+    from datasets.catalog import resolve_paths
+
+    if args.root is None:  # the synthetic set `harness run` uses by default
+        from harness.run import synthetic_root
+
+        args.root = synthetic_root()
+    paths = resolve_paths(args.root, args.split_root, args.image_root)
+    results = text_blind_baselines(paths, args.dataset)
+    print(format_baselines(args.dataset, results))
+    if args.output:
+        from harness.records import baseline_records, write_json_atomic
+
+        from harness.records import read_record
+
+        for record in baseline_records(args.dataset, results, paths):
+            path = Path(args.output) / f"{record['run_id']}.json"
+            try:
+                same = path.is_file() and {k: read_record(path)[k] for k in ("config_hash", "results")} == \
+                    {k: json.loads(json.dumps(record[k])) for k in ("config_hash", "results")}
+            except HarnessError:
+                same = False
+            print(f"{record['run_id']}: up to date ({path}), skipped" if same else
+                  f"record written to {write_json_atomic(path, record)}")
+
+
+def _add_data(sub) -> None:
+    data = sub.add_parser("data", help="generate or validate REC data in the TransVG index format")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="write the synthetic dataset under all five dataset names")
+    synth.add_argument("--root", required=True, help="output folder (data/, ln_data/, vocab.txt)")
+    synth.add_argument("--seed", type=int, default=13)
+    synth.add_argument("--images", type=int, default=None, help="images per dataset name (default: the generator's)")
+    synth.add_argument("--force", action="store_true",
+                       help="replace ROOT even if it is not empty and holds no synthetic set")
+    synth.set_defaults(func=_cmd_data_synth)
+    prep = data_sub.add_parser("prepare", help="build the TransVG index of a dataset from REFER's or MDETR's raw "
+                               "annotations (README, 'Real data')")
+    prep.add_argument("--from", dest="source", required=True, choices=["refer", "mdetr", "berkeley"])
+    prep.add_argument("--refer-root", default=None, help="REFER's data folder: <dataset>/refs(<split_by>).p and "
+                                                         "<dataset>/instances.json")
+    prep.add_argument("--mdetr-root", default=None, help="folder of MDETR's finetune_<dataset>_<split>.json files")
+    prep.add_argument("--berkeley-root", default=None,
+                      help="folder of the Berkeley ReferItGame split files: "
+                           "referit_query_{train,val,trainval,test}.json, referit_bbox.json")
+    prep.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd (refer, mdetr); referit (berkeley)")
+    prep.add_argument("--out", required=True, help="data root: the index goes to OUT/data/<name>/")
+    prep.add_argument("--images", default=None, help="image folder to check against (default: OUT/ln_data/ + the "
+                                                     "dataset's folder, e.g. other/images/mscoco/images/train2014)")
+    prep.add_argument("--force", action="store_true", help="replace an existing OUT/data/<name>/")
+    prep.set_defaults(func=_cmd_data_prepare)
+    check = data_sub.add_parser("check", help="count and validate every record of a dataset; a data card with the "
+                                "published sizes")
+    check.add_argument("--root", required=True, help="data root holding data/ (index) and ln_data/ (images)")
+    check.add_argument("--dataset", required=True)
+    check.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
+    check.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
+    check.set_defaults(func=_cmd_data_check)
+    base = data_sub.add_parser("baseline", help="Acc@0.5 of text-blind predictors (largest, most central, random "
+                               "object) on a dataset's eval splits: the floor a REC result must clear")
+    base.add_argument("--dataset", required=True)
+    base.add_argument("--root", default=None, help="data root (default: the synthetic set, made once, cached)")
+    base.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
+    base.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
+    base.add_argument("--output", default=None, help="also write one record per rule here (the tables show them as "
+                                                     "the floor rows), e.g. results/runs")
+    base.set_defaults(func=_cmd_data_baseline)
+
+
 def _cmd_fetch_data(args):
     from harness.fetch import fetch_data
 
@@ -76,39 +148,17 @@ def _add_fetch(sub) -> None:
     weights.set_defaults(func=_cmd_fetch_weights)
 
 
-def _cmd_data_baseline(args):
-    import json
-
-    from datasets.baseline import format_baselines, text_blind_baselines
-    from datasets.catalog import resolve_paths
-
-    if args.root is None:  # the synthetic set `harness run` uses by default
-        from harness.train import synthetic_root
-
-        args.root = synthetic_root()
-    paths = resolve_paths(args.root, args.split_root, args.image_root)
-    results = text_blind_baselines(paths, args.dataset)
-    print(format_baselines(args.dataset, results))
-    if args.output:
-        from harness.records import baseline_records, write_json_atomic
-
-        from harness.records import read_record
-
-        for record in baseline_records(args.dataset, results, paths):
-            path = Path(args.output) / f"{record['run_id']}.json"
-            try:
-                same = path.is_file() and {k: read_record(path)[k] for k in ("config_hash", "results")} == \
-                    {k: json.loads(json.dumps(record[k])) for k in ("config_hash", "results")}
-            except HarnessError:
-                same = False
-            print(f"{record['run_id']}: up to date ({path}), skipped" if same else
-                  f"record written to {write_json_atomic(path, record)}")
-
-
 def _cmd_methods(args):
     from methods import describe_methods, method_names
 
     print(" ".join(method_names()) if args.names else describe_methods(preset=args.preset))
+
+
+def _add_methods(sub) -> None:
+    methods = sub.add_parser("methods", help="list the registered methods and their tunable parameters")
+    methods.add_argument("--preset", default="paper", choices=["paper", "tiny"])
+    methods.add_argument("--names", action="store_true", help="print only the names, space-separated")
+    methods.set_defaults(func=_cmd_methods)
 
 
 def _read_config_file(path) -> dict:
@@ -175,7 +225,7 @@ def _overrides(args):
 
 def _cmd_run(args):
     from harness.sweep import selected_set
-    from harness.train import RunConfig, run
+    from harness.run import RunConfig, run
 
     if args.selected:  # the sweep's choice for this method, as if given with --set
         chosen = selected_set(args.selected, args.method)
@@ -211,8 +261,51 @@ def _cmd_run(args):
         print(f"{record['dataset']} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
 
 
+def _add_run(sub) -> None:
+    run = sub.add_parser("run", help="train one method on one dataset, evaluate every split, write a run record")
+    run.add_argument("--method", required=True)
+    run.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd, referit")
+    run.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    run.add_argument("--data-root", default=None, help="folder with data/ and ln_data/ (default: synthetic data)")
+    run.add_argument("--synthetic-images", type=int, default=None,
+                     help="images per dataset name of the generated synthetic set (default: the generator's)")
+    run.add_argument("--epochs", type=int, default=None)
+    run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    run.add_argument("--batch-size", type=int, default=None)
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--num-workers", type=int, default=None)
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--amp", action="store_true", help="bf16 autocast (the paper trains in fp32)")
+    run.add_argument("--vision-weights", default=None, help="DETR/TransVG detr-r50-*.pth (DETR key layout)")
+    run.add_argument("--language-weights", default=None, help="BERT: HF id in the local cache, or a folder")
+    run.add_argument("--random-init", action="store_true",
+                     help="random encoders; without weights the tiny preset on synthetic data otherwise starts from "
+                          "the stand-in pretrained ones (`harness pretrain`, made once and cached)")
+    run.add_argument("--tokenizer", default=None, help="HF id, folder or vocab.txt (default: the BERT's)")
+    run.add_argument("--config", default=None, help="YAML with method:, recipe: and data: overrides")
+    _add_set(run)
+    run.add_argument("--init-checkpoint", default=None,
+                     help="start from a whole-model checkpoint: TransVG's own ({'model': ...}, e.g. "
+                          "TransVG_R50_unc.pth) or one of this project's; the method is applied after loading")
+    run.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
+    run.add_argument("--output", default="results/runs", help="folder for the run record")
+    run.add_argument("--work-dir", default="runs", help="folder for checkpoints")
+    run.add_argument("--tag", default=None, help="suffix for the run id (keeps variants apart)")
+    run.add_argument("--selected", default=None, metavar="FILE",
+                     help="train the configuration `harness select` chose for this method (its lr_encoder, as "
+                          "--set would give it)")
+    run.add_argument("--resume", action="store_true",
+                     help="(the default, kept for old scripts) a run continues from its own last checkpoint")
+    run.add_argument("--restart", action="store_true",
+                     help="delete the run's checkpoints (saying so) and start at epoch 1 instead of resuming")
+    run.add_argument("--skip-done", action="store_true",
+                     help="do nothing if the run's record exists, is ok and has the same configuration; "
+                          "a checkpoint of another configuration is then deleted (saying so), not refused")
+    run.set_defaults(func=_cmd_run)
+
+
 def _cmd_eval(args):
-    from harness.train import evaluate_checkpoint
+    from harness.checkpoint_eval import evaluate_checkpoint
 
     if args.batch_size < 1:
         raise HarnessError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -221,6 +314,20 @@ def _cmd_eval(args):
                                   trust_pickles=args.trust_pickles)
     for split, res in results.items():
         print(f"{args.dataset} {split}: Acc@0.5 {res['accuracy']:.4f}  mIoU {res['miou']:.4f}  (n={res['n']})")
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate a checkpoint written by `harness run`, or TransVG's own "
+                                     "(e.g. TransVG_R50_unc.pth), on a dataset's splits")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--tokenizer", default=None, help="HF id, folder or vocab.txt (default: the checkpoint's; "
+                                                      "a TransVG checkpoint has none)")
+    ev.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
+    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--data-root", default=None, help="default: the synthetic data")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=_cmd_eval)
 
 
 def _cmd_profile(args):
@@ -259,10 +366,62 @@ def _cmd_profile(args):
     print(json.dumps(record, indent=2, sort_keys=True, default=str) if args.json else summary(record))
 
 
+def _add_profile(sub) -> None:
+    prof = sub.add_parser("profile", help="params, FLOPs, peak training memory and step time of one method "
+                                          "on synthetic tensors at the preset's shapes; writes a profile record")
+    prof.add_argument("--method", default=None)
+    prof.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    prof.add_argument("--batch-size", type=int, default=None, help="training batch (default: the recipe's)")
+    prof.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    prof.add_argument("--amp", action="store_true", help="bf16 autocast (the paper trains in fp32)")
+    prof.add_argument("--dataset", default="unc", help="sets the query length and the train size for epoch time")
+    prof.add_argument("--train-size", type=int, default=None, help="train-split size for the extrapolated epoch time")
+    prof.add_argument("--data-root", default=None, help="count the train split here instead of --train-size")
+    prof.add_argument("--steps", type=int, default=20, help="timed steps (median; >= 20 for reported figures)")
+    prof.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps")
+    prof.add_argument("--json", action="store_true", help="print the record instead of a summary")
+    prof.add_argument("--runtime", default=None, choices=["optimized", "released"],
+                      help="optimized (default: BatchNorm folding, fused attention, channels-last, cuDNN autotune) or "
+                           "released (the released TransVG/M2IST code's attention and settings, as the paper measured)")
+    _add_set(prof)
+    prof.add_argument("--tag", default=None, help="suffix for the profile record's name")
+    prof.add_argument("--skip-done", action="store_true",
+                      help="do nothing if the profile record exists, is ok and has the same configuration")
+    prof.add_argument("--frozen-chunk", type=int, default=None,
+                      help="run frozen (no-autograd) encoders in chunks of this many samples")
+    prof.add_argument("--no-flops", action="store_true", help="skip the FLOP counts (quick memory/time sweeps)")
+    prof.add_argument("--loader", action="store_true",
+                      help="measure the training data loader alone (samples/s at the preset's image size)")
+    prof.add_argument("--num-workers", type=int, default=8, help="data loader workers for --loader")
+    prof.add_argument("--tokenizer", default=None, help="for --loader --data-root: HF id, folder or vocab.txt "
+                                                        "(default: bert-base-uncased)")
+    prof.add_argument("--coco-like", type=int, default=None, metavar="N",
+                      help="for --loader: time N generated COCO-like 640x480 JPEGs (quality 90; made once, cached)")
+    prof.add_argument("--output", default="results/profile", help="folder for the profile record")
+    prof.set_defaults(func=_cmd_profile)
+
+
 def _cmd_pretrain(args):
     from harness.pretrain import cli
 
     cli(args)
+
+
+def _add_pretrain(sub) -> None:
+    pre = sub.add_parser("pretrain", help="pretrain the tiny encoders on a synthetic source task (a stand-in for "
+                                          "DETR/BERT pretraining) and save them as DETR vision.pth + HF BERT folder")
+    pre.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    pre.add_argument("--out", default=None, help="output folder (default: the cache, keyed by preset, seed and config)")
+    pre.add_argument("--seed", type=int, default=13)
+    pre.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    pre.add_argument("--force", action="store_true", help="pretrain again even if the folder is complete")
+    pre.add_argument("--path-only", action="store_true",
+                     help="print only the output folder on stdout (progress goes to stderr); for scripts")
+    pre.add_argument("--vision-steps", type=int, default=None, help=argparse.SUPPRESS)  # small runs (tests)
+    pre.add_argument("--text-steps", type=int, default=None, help=argparse.SUPPRESS)
+    pre.add_argument("--images", type=int, default=None, help=argparse.SUPPRESS)
+    pre.add_argument("--captions", type=int, default=None, help=argparse.SUPPRESS)
+    pre.set_defaults(func=_cmd_pretrain)
 
 
 def _cmd_suite(args):
@@ -343,186 +502,7 @@ def _minutes(text: str | None) -> int | None:
 SWEEP_SELECTION = "sweep/selection.json"  # under results/: where suites/sweep.yaml's select job writes
 
 
-def _cmd_table(args):
-    from harness.tables import build_tables
-
-    selected = args.selected
-    if selected is None and (Path(args.out) / SWEEP_SELECTION).is_file():  # the sweep's rows stay in main.md
-        selected = str(Path(args.out) / SWEEP_SELECTION)
-    for path in build_tables(runs=args.runs, profiles=args.profiles, out=args.out, selected=selected):
-        print(f"wrote {path}")
-
-
-def _cmd_select(args):
-    from dataclasses import fields
-
-    from harness.recipe import Recipe
-    from harness.sweep import run_select
-
-    tunable = sorted(f.name for f in fields(Recipe) if f.type in ("float", "int"))
-    if args.key not in tunable:  # an unknown key matched no grid and dropped every tuned method
-        raise HarnessError(f"select --key {args.key!r}: choose a numeric recipe option ({', '.join(tunable)})")
-    run_select(args.runs, args.dataset, args.out, key=args.key, seed=args.seed)
-    print(f"wrote {args.out} and {Path(args.out).with_name('sensitivity.png')}")
-
-
-TRUST_HELP = ("allow index, weight and checkpoint files that only a full (unsafe) unpickler reads; such a file "
-              "can run any code: use only for files from a source you trust")
-
-
-def _add_set(parser) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a method or recipe option (repeatable): method.NAME=V, recipe.NAME=V or a "
-                             "bare NAME; V is YAML (true, 3, 1.0e-4, [a, b]); recorded and added to the run id")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    data = sub.add_parser("data", help="generate or validate REC data in the TransVG index format")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser("synth", help="write the synthetic dataset under all five dataset names")
-    synth.add_argument("--root", required=True, help="output folder (data/, ln_data/, vocab.txt)")
-    synth.add_argument("--seed", type=int, default=13)
-    synth.add_argument("--images", type=int, default=None, help="images per dataset name (default: the generator's)")
-    synth.add_argument("--force", action="store_true",
-                       help="replace ROOT even if it is not empty and holds no synthetic set")
-    synth.set_defaults(func=_cmd_data_synth)
-    prep = data_sub.add_parser("prepare", help="build the TransVG index of a dataset from REFER's or MDETR's raw "
-                               "annotations (README, 'Real data')")
-    prep.add_argument("--from", dest="source", required=True, choices=["refer", "mdetr", "berkeley"])
-    prep.add_argument("--refer-root", default=None, help="REFER's data folder: <dataset>/refs(<split_by>).p and "
-                                                         "<dataset>/instances.json")
-    prep.add_argument("--mdetr-root", default=None, help="folder of MDETR's finetune_<dataset>_<split>.json files")
-    prep.add_argument("--berkeley-root", default=None,
-                      help="folder of the Berkeley ReferItGame split files: "
-                           "referit_query_{train,val,trainval,test}.json, referit_bbox.json")
-    prep.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd (refer, mdetr); referit (berkeley)")
-    prep.add_argument("--out", required=True, help="data root: the index goes to OUT/data/<name>/")
-    prep.add_argument("--images", default=None, help="image folder to check against (default: OUT/ln_data/ + the "
-                                                     "dataset's folder, e.g. other/images/mscoco/images/train2014)")
-    prep.add_argument("--force", action="store_true", help="replace an existing OUT/data/<name>/")
-    prep.set_defaults(func=_cmd_data_prepare)
-    check = data_sub.add_parser("check", help="count and validate every record of a dataset; a data card with the "
-                                "published sizes")
-    check.add_argument("--root", required=True, help="data root holding data/ (index) and ln_data/ (images)")
-    check.add_argument("--dataset", required=True)
-    check.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
-    check.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
-    check.set_defaults(func=_cmd_data_check)
-    base = data_sub.add_parser("baseline", help="Acc@0.5 of text-blind predictors (largest, most central, random "
-                               "object) on a dataset's eval splits: the floor a REC result must clear")
-    base.add_argument("--dataset", required=True)
-    base.add_argument("--root", default=None, help="data root (default: the synthetic set, made once, cached)")
-    base.add_argument("--split-root", default=None, help="index folder (default ROOT/data)")
-    base.add_argument("--image-root", default=None, help="image folder (default ROOT/ln_data)")
-    base.add_argument("--output", default=None, help="also write one record per rule here (the tables show them as "
-                                                     "the floor rows), e.g. results/runs")
-    base.set_defaults(func=_cmd_data_baseline)
-    _add_fetch(sub)
-
-    run = sub.add_parser("run", help="train one method on one dataset, evaluate every split, write a run record")
-    run.add_argument("--method", required=True)
-    run.add_argument("--dataset", required=True, help="unc, unc+, gref, gref_umd, referit")
-    run.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
-    run.add_argument("--data-root", default=None, help="folder with data/ and ln_data/ (default: synthetic data)")
-    run.add_argument("--synthetic-images", type=int, default=None,
-                     help="images per dataset name of the generated synthetic set (default: the generator's)")
-    run.add_argument("--epochs", type=int, default=None)
-    run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    run.add_argument("--batch-size", type=int, default=None)
-    run.add_argument("--seed", type=int, default=None)
-    run.add_argument("--num-workers", type=int, default=None)
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    run.add_argument("--amp", action="store_true", help="bf16 autocast (the paper trains in fp32)")
-    run.add_argument("--vision-weights", default=None, help="DETR/TransVG detr-r50-*.pth (DETR key layout)")
-    run.add_argument("--language-weights", default=None, help="BERT: HF id in the local cache, or a folder")
-    run.add_argument("--random-init", action="store_true",
-                     help="random encoders; without weights the tiny preset on synthetic data otherwise starts from "
-                          "the stand-in pretrained ones (`harness pretrain`, made once and cached)")
-    run.add_argument("--tokenizer", default=None, help="HF id, folder or vocab.txt (default: the BERT's)")
-    run.add_argument("--config", default=None, help="YAML with method:, recipe: and data: overrides")
-    _add_set(run)
-    run.add_argument("--init-checkpoint", default=None,
-                     help="start from a whole-model checkpoint: TransVG's own ({'model': ...}, e.g. "
-                          "TransVG_R50_unc.pth) or one of this project's; the method is applied after loading")
-    run.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
-    run.add_argument("--output", default="results/runs", help="folder for the run record")
-    run.add_argument("--work-dir", default="runs", help="folder for checkpoints")
-    run.add_argument("--tag", default=None, help="suffix for the run id (keeps variants apart)")
-    run.add_argument("--selected", default=None, metavar="FILE",
-                     help="train the configuration `harness select` chose for this method (its lr_encoder, as "
-                          "--set would give it)")
-    run.add_argument("--resume", action="store_true",
-                     help="(the default, kept for old scripts) a run continues from its own last checkpoint")
-    run.add_argument("--restart", action="store_true",
-                     help="delete the run's checkpoints (saying so) and start at epoch 1 instead of resuming")
-    run.add_argument("--skip-done", action="store_true",
-                     help="do nothing if the run's record exists, is ok and has the same configuration; "
-                          "a checkpoint of another configuration is then deleted (saying so), not refused")
-    run.set_defaults(func=_cmd_run)
-
-    ev = sub.add_parser("eval", help="evaluate a checkpoint written by `harness run`, or TransVG's own "
-                                     "(e.g. TransVG_R50_unc.pth), on a dataset's splits")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--tokenizer", default=None, help="HF id, folder or vocab.txt (default: the checkpoint's; "
-                                                      "a TransVG checkpoint has none)")
-    ev.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
-    ev.add_argument("--dataset", required=True)
-    ev.add_argument("--data-root", default=None, help="default: the synthetic data")
-    ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--device", default="auto")
-    ev.set_defaults(func=_cmd_eval)
-
-    prof = sub.add_parser("profile", help="params, FLOPs, peak training memory and step time of one method "
-                                          "on synthetic tensors at the preset's shapes; writes a profile record")
-    prof.add_argument("--method", default=None)
-    prof.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
-    prof.add_argument("--batch-size", type=int, default=None, help="training batch (default: the recipe's)")
-    prof.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    prof.add_argument("--amp", action="store_true", help="bf16 autocast (the paper trains in fp32)")
-    prof.add_argument("--dataset", default="unc", help="sets the query length and the train size for epoch time")
-    prof.add_argument("--train-size", type=int, default=None, help="train-split size for the extrapolated epoch time")
-    prof.add_argument("--data-root", default=None, help="count the train split here instead of --train-size")
-    prof.add_argument("--steps", type=int, default=20, help="timed steps (median; >= 20 for reported figures)")
-    prof.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps")
-    prof.add_argument("--json", action="store_true", help="print the record instead of a summary")
-    prof.add_argument("--runtime", default=None, choices=["optimized", "released"],
-                      help="optimized (default: BatchNorm folding, fused attention, channels-last, cuDNN autotune) or "
-                           "released (the released TransVG/M2IST code's attention and settings, as the paper measured)")
-    _add_set(prof)
-    prof.add_argument("--tag", default=None, help="suffix for the profile record's name")
-    prof.add_argument("--skip-done", action="store_true",
-                      help="do nothing if the profile record exists, is ok and has the same configuration")
-    prof.add_argument("--frozen-chunk", type=int, default=None,
-                      help="run frozen (no-autograd) encoders in chunks of this many samples")
-    prof.add_argument("--no-flops", action="store_true", help="skip the FLOP counts (quick memory/time sweeps)")
-    prof.add_argument("--loader", action="store_true",
-                      help="measure the training data loader alone (samples/s at the preset's image size)")
-    prof.add_argument("--num-workers", type=int, default=8, help="data loader workers for --loader")
-    prof.add_argument("--tokenizer", default=None, help="for --loader --data-root: HF id, folder or vocab.txt "
-                                                        "(default: bert-base-uncased)")
-    prof.add_argument("--coco-like", type=int, default=None, metavar="N",
-                      help="for --loader: time N generated COCO-like 640x480 JPEGs (quality 90; made once, cached)")
-    prof.add_argument("--output", default="results/profile", help="folder for the profile record")
-    prof.set_defaults(func=_cmd_profile)
-
-    pre = sub.add_parser("pretrain", help="pretrain the tiny encoders on a synthetic source task (a stand-in for "
-                                          "DETR/BERT pretraining) and save them as DETR vision.pth + HF BERT folder")
-    pre.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
-    pre.add_argument("--out", default=None, help="output folder (default: the cache, keyed by preset, seed and config)")
-    pre.add_argument("--seed", type=int, default=13)
-    pre.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    pre.add_argument("--force", action="store_true", help="pretrain again even if the folder is complete")
-    pre.add_argument("--path-only", action="store_true",
-                     help="print only the output folder on stdout (progress goes to stderr); for scripts")
-    pre.add_argument("--vision-steps", type=int, default=None, help=argparse.SUPPRESS)  # small runs (tests)
-    pre.add_argument("--text-steps", type=int, default=None, help=argparse.SUPPRESS)
-    pre.add_argument("--images", type=int, default=None, help=argparse.SUPPRESS)
-    pre.add_argument("--captions", type=int, default=None, help=argparse.SUPPRESS)
-    pre.set_defaults(func=_cmd_pretrain)
-
+def _add_suite(sub) -> None:
     suite = sub.add_parser("suite", help="run a named suite of jobs (suites/NAME.yaml): runs, profiles, tables; "
                                          "up-to-date runs are skipped, interrupted ones resume, failures are listed")
     suite.add_argument("name", nargs="?", help="a suite name (see --list) or a suite file")
@@ -550,6 +530,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where submitit keeps its job files (default: the suite's log folder /submitit)")
     suite.set_defaults(func=_cmd_suite)
 
+
+def _cmd_table(args):
+    from harness.tables import build_tables
+
+    selected = args.selected
+    if selected is None and (Path(args.out) / SWEEP_SELECTION).is_file():  # the sweep's rows stay in main.md
+        selected = str(Path(args.out) / SWEEP_SELECTION)
+    for path in build_tables(runs=args.runs, profiles=args.profiles, out=args.out, selected=selected):
+        print(f"wrote {path}")
+
+
+def _add_table(sub) -> None:
     table = sub.add_parser("table", help="regenerate results/main.md, efficiency.md and tradeoff.png from records")
     table.add_argument("--runs", default="results/runs", help="folder of run records")
     table.add_argument("--profiles", default="results/profile", help="folder of profile records")
@@ -560,6 +552,25 @@ def build_parser() -> argparse.ArgumentParser:
                             f"OUT/{SWEEP_SELECTION} where the sweep suite has written it)")
     table.set_defaults(func=_cmd_table)
 
+
+def _cmd_select(args):
+    from dataclasses import fields
+
+    from harness.recipe import Recipe
+    from harness.sweep import run_select
+
+    tunable = sorted(f.name for f in fields(Recipe) if f.type in ("float", "int"))
+    if args.key not in tunable:  # an unknown key matched no grid and dropped every tuned method
+        raise HarnessError(f"select --key {args.key!r}: choose a numeric recipe option ({', '.join(tunable)})")
+    run_select(args.runs, args.dataset, args.out, key=args.key, seed=args.seed)
+    print(f"wrote {args.out} and {Path(args.out).with_name('sensitivity.png')}")
+
+
+TRUST_HELP = ("allow index, weight and checkpoint files that only a full (unsafe) unpickler reads; such a file "
+              "can run any code: use only for files from a source you trust")
+
+
+def _add_select(sub) -> None:
     select = sub.add_parser("select", help="choose each method's encoder-side learning rate on val from a sweep's "
                                            "grid runs; writes the selection and sensitivity.png beside it")
     select.add_argument("--runs", required=True, help="folder of the grid's run records")
@@ -569,10 +580,19 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--seed", type=int, default=13, help="the seed the grid trained at")
     select.set_defaults(func=_cmd_select)
 
-    methods = sub.add_parser("methods", help="list the registered methods and their tunable parameters")
-    methods.add_argument("--preset", default="paper", choices=["paper", "tiny"])
-    methods.add_argument("--names", action="store_true", help="print only the names, space-separated")
-    methods.set_defaults(func=_cmd_methods)
+
+def _add_set(parser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a method or recipe option (repeatable): method.NAME=V, recipe.NAME=V or a "
+                             "bare NAME; V is YAML (true, 3, 1.0e-4, [a, b]); recorded and added to the run id")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_data, _add_fetch, _add_run, _add_eval, _add_profile, _add_pretrain, _add_suite, _add_table,
+                _add_select, _add_methods):
+        add(sub)
     return parser
 
 

@@ -131,7 +131,7 @@ def per_worker(dataset, samples: int | None = None, seed: int = 13) -> dict:
             torch.manual_seed(seed)
             rates[name] = _rate(make, n)
         floor = _rate(decode, n)
-        # CPU runs on the synthetic set read it in their own process and keep it decoded (train.run): the CPU
+        # CPU runs on the synthetic set read it in their own process and keep it decoded (run.run): the CPU
         # runs' variant over the cache that `_rate`'s untimed pass fills
         random.seed(seed)
         torch.manual_seed(seed)

@@ -160,7 +160,7 @@ def profile(method: str, preset: str = "tiny", batch_size: int | None = None, de
     from harness.model import build_model, count_parameters
     from harness.recipe import build_recipe
     from harness.device import resolve_device
-    from harness.train import build_optimizer, prepare_runtime, seed_everything
+    from harness.engine import build_optimizer, prepare_runtime, seed_everything
     from methods import apply_method, build_method, method_defaults
 
     if steps < 1 or warmup < 0:
@@ -313,7 +313,7 @@ def loader_throughput(preset: str = "paper", dataset: str = "unc", data_root=Non
     from datasets.rec import RECDataset, collate
     from datasets.tokenize import build_tokenizer
     from harness.model import get_config
-    from harness.train import RunConfig, resolve_data
+    from harness.run import RunConfig, resolve_data
 
     if batch_size < 1 or num_workers < 0 or batches < 1:
         raise HarnessError(f"--batch-size and --steps must be >= 1 and --num-workers >= 0 (got {batch_size}, "

@@ -17,7 +17,7 @@ class Recipe:
     batch_size: int = 64
     lr: float = 1e-4  # V-L fusion and head
     lr_encoder: float = 1e-5  # encoder-side parameters (full FT: backbone, DETR encoder, BERT; PETL modules)
-    lr_scale: float = 1.0  # multiplies the rates of what starts from scratch (train.build_optimizer); tiny only
+    lr_scale: float = 1.0  # multiplies the rates of what starts from scratch (engine.build_optimizer); tiny only
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.0  # 0 = no clipping (TransVG/M2IST default)
     amp: bool = False  # bf16 autocast; the paper trains in fp32
@@ -29,7 +29,7 @@ class Recipe:
     # Loss = l1_weight x L1 + giou_weight x GIoU on normalised cxcywh (TransVG: 1 and 1; DETR's box terms: 5 and 2)
     l1_weight: float = 1.0
     giou_weight: float = 1.0
-    # Runtime settings; the numerics are the same up to float rounding, TF32 aside (train.prepare_runtime):
+    # Runtime settings; the numerics are the same up to float rounding, TF32 aside (engine.prepare_runtime):
     # - `runtime: released` = the released TransVG/M2IST code's measurement conditions (the paper's Fig. 1):
     #   attention through nn.MultiheadAttention with need_weights=True and BERT's explicit attention (both keep
     #   the N x N attention maps for backward), no BatchNorm folding, no channels-last, no cuDNN autotuning, and
@@ -48,7 +48,7 @@ RECIPES = {
     "paper": Recipe(),
     # Toy schedule for the tiny preset on synthetic data: minutes on 2 CPU cores. What starts from scratch (fusion,
     # head, a method's modules) learns at 10x the method's rates to fit the short schedule; the encoders' own
-    # weights keep the method's rate (train.build_optimizer). 50 epochs (~6,400 steps) because the from-scratch
+    # weights keep the method's rate (engine.build_optimizer). 50 epochs (~6,400 steps) because the from-scratch
     # fusion sits on a loss plateau for the first ~1,000-2,500 steps; full fine-tuning, whose encoders move under
     # it, leaves it last (unc val Acc@0.5 0.29 after 30 epochs with the drop at 20, 0.50 after 50 with it at 40).
     "tiny": Recipe(epochs=50, lr_drop=40, batch_size=32, lr_scale=10.0, num_workers=0),

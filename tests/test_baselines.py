@@ -383,7 +383,8 @@ def test_a_saved_checkpoint_evaluates_to_the_same_boxes(name, tmp_path):
     path, the model that gives the same boxes: trained values of every trainable parameter included."""
     from dataclasses import asdict
 
-    from harness.train import load_checkpoint_for_eval, save_atomic
+    from harness.checkpoint_eval import load_checkpoint_for_eval
+    from harness.run import save_atomic
 
     model = tuned_model(name).eval()
     with torch.no_grad():

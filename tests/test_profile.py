@@ -201,7 +201,7 @@ def test_cli_profile_json(tmp_path, capsys):
 # ---- runtimes: released (the paper's measurement conditions) vs optimized ------------------------------------
 def test_released_runtime_is_the_same_function():
     from harness.recipe import Recipe
-    from harness.train import prepare_runtime
+    from harness.engine import prepare_runtime
     from helpers import random_batch
 
     batch = random_batch(tiny_with("m2ist"))[:4]

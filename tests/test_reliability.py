@@ -14,7 +14,7 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.recipe import build_recipe
 from harness.records import write_json_atomic
-from harness.train import RunConfig, run
+from harness.run import RunConfig, run
 from methods import build_method
 
 
@@ -249,7 +249,7 @@ def test_a_record_with_a_non_numeric_accuracy_is_refused(tmp_path):
     (["--loader", "--batch-size", "4096", "--num-workers", "64"], "more than 80% of this machine"),
 ])
 def test_profile_bad_sizes_are_one_line(monkeypatch, synth_root, capsys, extra, message):
-    import harness.train as train_mod
+    import harness.run as train_mod
 
     monkeypatch.setattr(train_mod, "synthetic_root", lambda *a, **k: synth_root)
     assert main(["profile", *extra]) == 2
@@ -266,7 +266,7 @@ def test_an_eval_box_outside_its_image_is_refused_before_training(data_copy, tmp
 
 
 def test_a_write_failure_mid_run_is_one_line_and_leaves_a_failed_record(synth_root, tmp_path, capsys, monkeypatch):
-    import harness.train as train_mod
+    import harness.run as train_mod
 
     def full_disk(obj, path):
         raise OSError(28, "No space left on device", str(path))
@@ -335,10 +335,10 @@ def test_non_finite_option_values_are_refused(data_copy, tmp_path, capsys):
 
 
 def test_a_non_finite_loss_fails_the_run_with_its_step(data_copy, tmp_path, capsys, monkeypatch):
-    import harness.train
+    import harness.engine
 
-    real = harness.train.rec_loss
-    monkeypatch.setattr(harness.train, "rec_loss",
+    real = harness.engine.rec_loss
+    monkeypatch.setattr(harness.engine, "rec_loss",
                         lambda pred, box, *weights: {**real(pred, box), "loss": real(pred, box)["loss"] * float("nan")})
     assert main(run_args(data_copy, tmp_path)) == 2
     assert "the training loss is nan at step 1 (epoch 1): training diverged" in one_line_error(capsys)

@@ -9,14 +9,15 @@ import pytest
 import torch
 from helpers import tiny_model
 
-import harness.train as train_mod
+import harness.engine as engine_mod
+import harness.run as train_mod
 from datasets.synth import ensure_synthetic
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.losses import rec_loss
 from harness.records import read_record
 from harness.recipe import build_recipe
-from harness.train import RunConfig, run
+from harness.run import RunConfig, run
 from methods import apply_method, build_method, method_defaults
 
 IMAGES = 12
@@ -111,7 +112,7 @@ def test_final_evaluation_refuses_a_best_checkpoint_of_another_run(cache, tmp_pa
 def test_a_second_run_with_the_same_run_id_refuses_naming_the_holder(cache, tmp_path):
     run_dir = tmp_path / "work" / "unc_full_tiny"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from harness.train import RunLock\n"
+        "import sys, time; from pathlib import Path; from harness.run import RunLock\n"
         f"with RunLock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -174,8 +175,8 @@ def test_lr_scale_speeds_up_only_what_starts_from_scratch(method):
     meth = build_method(method)
     apply_method(meth, model)
     recipe = build_recipe("tiny", "unc", method_defaults(method)["recipe"])
-    train_mod.prepare_runtime(model, recipe, torch.device("cpu"))  # folds BatchNorms: the convs get wrapped
-    optimizer = train_mod.build_optimizer(meth, model, recipe)
+    engine_mod.prepare_runtime(model, recipe, torch.device("cpu"))  # folds BatchNorms: the convs get wrapped
+    optimizer = engine_mod.build_optimizer(meth, model, recipe)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     assert len(lr_of) == sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
@@ -211,8 +212,8 @@ def test_frozen_leaves_every_encoder_parameter_without_gradient():
 def test_train_loader_drops_the_last_partial_batch_eval_keeps_it():
     """TransVG/M2IST train.py: drop_last=True for training only."""
     recipe = build_recipe("tiny", "unc", {"num_workers": 0})
-    assert len(train_mod.build_loader(list(range(10)), 4, True, recipe, 0, 1, torch.Generator())) == 2
-    assert len(train_mod.build_loader(list(range(10)), 4, False, recipe, 0, 1)) == 3
+    assert len(engine_mod.build_loader(list(range(10)), 4, True, recipe, 0, 1, torch.Generator())) == 2
+    assert len(engine_mod.build_loader(list(range(10)), 4, False, recipe, 0, 1)) == 3
 
 
 def test_cli_errors_are_one_line(cache, tmp_path, capsys):
@@ -236,7 +237,7 @@ def test_eval_command_scores_a_checkpoint(cache, tmp_path, capsys, monkeypatch):
     record = run(cfg)
     best = tmp_path / "work" / "unc_full_tiny" / "best.pth"
     # eval on the default synthetic set of the same size: rebuilt from the checkpoint alone
-    from harness.train import evaluate_checkpoint
+    from harness.checkpoint_eval import evaluate_checkpoint
 
     out = evaluate_checkpoint(best, "unc", cache_dir=str(cache), device="cpu", synthetic_images=IMAGES)
     assert out.keys() == record["results"].keys()
@@ -249,7 +250,7 @@ def test_eval_command_scores_a_checkpoint(cache, tmp_path, capsys, monkeypatch):
 
 def test_recipe_loss_weights_reach_the_training_loss(cache, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(train_mod, "rec_loss", lambda p, b, *weights: seen.append(weights) or rec_loss(p, b, *weights))
+    monkeypatch.setattr(engine_mod, "rec_loss", lambda p, b, *weights: seen.append(weights) or rec_loss(p, b, *weights))
     run(config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4, "num_workers": 0,
                                                   "l1_weight": 5.0, "giou_weight": 2.0}))
     assert seen == [(5.0, 2.0)]

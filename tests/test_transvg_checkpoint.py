@@ -10,7 +10,7 @@ import torch
 from datasets.tokenize import build_tokenizer
 from harness.errors import HarnessError
 from harness.model import build_model
-from harness.train import evaluate_checkpoint, load_checkpoint_for_eval
+from harness.checkpoint_eval import evaluate_checkpoint, load_checkpoint_for_eval
 from helpers import random_batch
 
 # our name prefix -> TransVG's
@@ -93,7 +93,7 @@ def test_eval_needs_a_tokenizer_and_scores_the_checkpoint(tiny_transvg, synth_ro
 
 
 def test_run_starts_from_a_transvg_checkpoint(tiny_transvg, synth_root, tmp_path):
-    from harness.train import RunConfig, run
+    from harness.run import RunConfig, run
 
     _, path = tiny_transvg
     cfg = RunConfig(method="m2ist", dataset="unc", data_root=str(synth_root), tokenizer=str(synth_root / "vocab.txt"),

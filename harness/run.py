@@ -1,7 +1,9 @@
-"""Training: one run = one method on one dataset, ending in one run record.
+"""One run = one method on one dataset, ending in one run record (`harness run`), as DETR's main.py: the
+configuration, the data, the model with its weights and method, the run's lock, resuming from its last checkpoint,
+the final evaluation on every split and the record. The epochs themselves are harness/engine.py's.
 
-Data flows one way: datasets -> this loop -> method/model -> evaluate -> record. The loop is TransVG's:
-AdamW with the method's parameter groups, StepLR, L1 + GIoU, optional bf16 autocast and gradient
+Data flows one way: datasets -> this module -> engine -> method/model -> evaluate -> record. The loop is
+TransVG's: AdamW with the method's parameter groups, StepLR, L1 + GIoU, optional bf16 autocast and gradient
 clipping, a checkpoint per epoch, the best checkpoint chosen on val. Every epoch reseeds all RNGs from
 (seed, epoch), so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
 Multi-GPU: launch with torchrun (see README); ranks share the sampler and all-reduce the metrics.
@@ -9,23 +11,17 @@ Multi-GPU: launch with torchrun (see README); ranks share the sampler and all-re
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm import tqdm
 
 from datasets.catalog import get_spec, resolve_paths
-from datasets.rec import RECDataset, collate
-from datasets.transforms import model_inputs
+from datasets.rec import RECDataset
 from datasets.synth import DEFAULT_IMAGES as SYNTH_DEFAULT_IMAGES
 from datasets.synth import ensure_synthetic
 from datasets.tokenize import build_tokenizer
@@ -33,19 +29,19 @@ from harness import records
 from harness import device as _device
 from harness.device import resolve_device
 from harness.errors import HarnessError
+from harness.engine import (build_loader, build_optimizer, epoch_seed, max_steps_reached, memory_figures,
+                            prepare_runtime, seed_everything, time_figures, train_one_epoch)
 from harness.evaluate import evaluate
 from harness.flops import forward_flops, train_step_flops
-from harness.losses import rec_loss
 from harness.locks import FolderLock
 from harness.model import build_model, count_parameters, get_config
 from harness.model.weights import (state_dict_of, load_language_weights, load_vision_weights,
                                    load_whole_model_state, read_checkpoint)
 from harness.pretrain import PretrainConfig, ensure_pretrained, weights_source
-from harness.recipe import Recipe, build_recipe
+from harness.recipe import build_recipe
 from methods import apply_method, build_method, method_defaults
 
 SYNTH_SEED = 13
-WARMUP_STEPS = 5  # excluded from the step-time median and the memory peak
 
 
 @dataclass
@@ -83,14 +79,6 @@ class RunConfig:
 
 
 # ---- setup -------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
 
 
 def init_distributed() -> tuple[int, int]:
@@ -98,36 +86,6 @@ def init_distributed() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def prepare_runtime(model, recipe: Recipe, device: torch.device) -> None:
-    """The recipe's runtime settings (runtime, frozen_chunk, checkpoint_fusion), after the method is applied."""
-    if recipe.runtime == "optimized":
-        # channels-last on CPU too: oneDNN's convolutions skip a layout reorder per call (tiny unc, one thread,
-        # A/B in one process, median of 40 steps: frozen 105 -> 88 ms, m2ist 135 -> 118, full 165 -> 139)
-        model.optimize_for_training(channels_last=True)
-    else:  # released: explicit attention that keeps its N x N maps, as nn.MultiheadAttention(need_weights=True)
-        model.set_eager_attention(True)
-    if device.type == "cuda":  # fixed input shapes: pick the fastest convolution once (not in the released code)
-        torch.backends.cudnn.benchmark = recipe.runtime == "optimized"
-    # TF32 matmuls: the released code pins torch 1.7, where `matmul.allow_tf32` defaulted to True (1.7-1.11), so its
-    # fp32 step times on Ampere and later were measured with TF32 matmuls; torch >= 1.12 defaults to False, which the
-    # optimized runtime keeps (full fp32 matmuls). cuDNN's TF32 convolutions default to True in every version.
-    torch.backends.cuda.matmul.allow_tf32 = recipe.runtime == "released"
-    model.frozen_chunk_size = recipe.frozen_chunk
-    model.vl_transformer.checkpoint_layers = recipe.checkpoint_fusion
-
-
-def build_optimizer(method, model, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW over the method's parameter groups. The recipe's `lr_scale` (the tiny recipe's short schedule)
-    multiplies only what starts from scratch; the encoders' own weights keep the method's rate, since at 10x
-    that rate full fine-tuning overwrites the pretrained encoders and never leaves the fusion's plateau
-    (unc val Acc@0.5 0.05 after 30 tiny epochs, against 0.29 at the unscaled rate)."""
-    groups = method.param_groups(model, recipe.lr, recipe.lr_encoder)
-    for group in groups:
-        if group["scratch"]:
-            group["lr"] *= recipe.lr_scale
-    return torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
 
 
 def vocab_size_for(preset: str, tokenizer) -> int:
@@ -189,18 +147,6 @@ def with_stand_in_encoders(cfg: RunConfig, data_kind: str, rank: int) -> RunConf
     return replace(cfg, vision_weights=str(root / "vision.pth"), language_weights=str(root / "bert"))
 
 
-def build_loader(dataset, batch_size: int, train: bool, recipe: Recipe, rank: int, world: int, epoch_gen=None):
-    if world > 1:
-        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=recipe.seed) if train
-                   else list(range(rank, len(dataset), world)))  # eval: shard without padding duplicates
-    else:
-        sampler = RandomSampler(dataset, generator=epoch_gen) if train else None
-    # TransVG/M2IST train.py: drop_last=True for the train split (no partial last step), never for evaluation
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=recipe.num_workers, drop_last=train,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
-
-
 def check_before_training(train_set, eval_sets: dict, folders) -> None:
     """What would otherwise fail after the last epoch: an empty eval split, an eval image that is missing or
     unreadable or smaller than its box, a train image that is missing, a folder that cannot be written."""
@@ -215,11 +161,15 @@ def check_before_training(train_set, eval_sets: dict, folders) -> None:
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
+
+
 def save_atomic(obj, path: Path) -> None:
     records.write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 # ---- the run ------------------------------------------------------------------------------------
+
+
 def run(cfg: RunConfig) -> dict:
     rank, world = init_distributed()
     device = resolve_device(cfg.device)
@@ -233,15 +183,19 @@ def run(cfg: RunConfig) -> dict:
     paths, tok_source, data_kind, data_desc = resolve_data(cfg, rank)
     tokenizer = build_tokenizer(tok_source)
     cfg = with_stand_in_encoders(cfg, data_kind, rank)
+    # records keep paths relative to the repository or the cache, never this machine's layout (checkpoints, which
+    # stay on this machine, keep them as they are)
+    portable_desc = {k: records.portable(v) if k == "root" else v for k, v in data_desc.items()}
 
     identity = {
         "method": cfg.method, "method_config": asdict(method.config), "dataset": cfg.dataset, "preset": cfg.preset,
-        "recipe": asdict(recipe), "data": data_kind, "data_desc": data_desc,
-        "tokenizer": tok_source if data_kind == "real" else "synthetic vocab.txt",
-        "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights}, "world_size": world,
+        "recipe": asdict(recipe), "data": data_kind, "data_desc": portable_desc,
+        "tokenizer": records.portable(tok_source) if data_kind == "real" else "synthetic vocab.txt",
+        "weights": {"vision": records.portable(cfg.vision_weights), "language": records.portable(cfg.language_weights)},
+        "world_size": world,
     }
     if cfg.init_checkpoint:  # only where given, so that records written before it existed keep their hash
-        identity["weights"]["init_checkpoint"] = cfg.init_checkpoint
+        identity["weights"]["init_checkpoint"] = records.portable(cfg.init_checkpoint)
     chash = records.config_hash(identity)
     run_dir = Path(cfg.work_dir) / cfg.run_id
     done = Path(cfg.output) / f"{cfg.run_id}.json"
@@ -309,16 +263,17 @@ def run(cfg: RunConfig) -> dict:
                 "schema": records.SCHEMA_VERSION, "kind": "run", "run_id": cfg.run_id, "method": cfg.method,
                 "method_config": asdict(method.config), "dataset": cfg.dataset,
                 "dataset_label": spec.label if data_kind == "real" else f"synthetic ({spec.label}-style)",
-                "data": data_kind, "data_desc": data_desc, "preset": cfg.preset,
+                "data": data_kind, "data_desc": portable_desc, "preset": cfg.preset,
                 "model_config": model.config.to_dict(), "recipe": asdict(recipe), "config_hash": chash,
                 "overrides": cfg.set_overrides,
-                "weights": {"vision": cfg.vision_weights, "language": cfg.language_weights,
-                            "init_checkpoint": cfg.init_checkpoint,
+                "weights": {"vision": records.portable(cfg.vision_weights),
+                            "language": records.portable(cfg.language_weights),
+                            "init_checkpoint": records.portable(cfg.init_checkpoint),
                             "pretrained": bool(cfg.vision_weights or cfg.language_weights or cfg.init_checkpoint),
                             "source": weights_source(cfg.vision_weights, cfg.language_weights),
-                            "loaded": [r.summary() for r in load_reports]},
+                            "loaded": [records.portable_text(r.summary()) for r in load_reports]},
                 "env": records.environment(device), "world_size": world, "params": params, "flops": flops,
-                "memory": _memory_figures(device, state), "time": _time_figures(state, recipe, len(train_set)),
+                "memory": memory_figures(device, state), "time": time_figures(state, recipe, len(train_set)),
                 "results": results, "train": {k: state[k] for k in ("epoch", "step", "best", "history")},
                 "status": status, "error": error, "created_at": records.now(),
             }
@@ -415,57 +370,26 @@ def _start_state(cfg, model, optimizer, scheduler, run_dir: Path, chash: str, ra
 
 def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, scheduler, recipe, state, device,
                 rank, world, run_dir, chash, meta):
+    """Epochs until the recipe's end: each reseeds every RNG from (seed, epoch), trains one epoch (engine),
+    steps the schedule, evaluates val every `eval_every` epochs (the best checkpoint follows it) and saves last.pth."""
     val_split = next(iter(eval_sets))
-    is_cuda = device.type == "cuda"
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    while state["epoch"] < recipe.epochs and not _done(state, recipe):
+    while state["epoch"] < recipe.epochs and not max_steps_reached(state, recipe):
         epoch = state["epoch"]
         seed_everything(epoch_seed(recipe.seed, epoch))
         gen = torch.Generator().manual_seed(epoch_seed(recipe.seed, epoch))
         loader = build_loader(train_set, recipe.batch_size, True, recipe, rank, world, gen)
         if world > 1:
             loader.sampler.set_epoch(epoch)
-        train_model.train()
-        losses, t_epoch = [], time.perf_counter()
-        t_prev = t_epoch
-        bar = tqdm(loader, desc=f"{cfg.run_id} epoch {epoch + 1}/{recipe.epochs}", disable=None if rank == 0 else True,
-                   leave=False, dynamic_ncols=True)
-        for batch in bar:
-            t0 = time.perf_counter()
-            batch = model_inputs(batch, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.amp):
-                pred = train_model(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"])
-            loss = rec_loss(pred.float(), batch["box"], recipe.l1_weight, recipe.giou_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss["loss"].backward()
-            if recipe.clip_max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, recipe.clip_max_norm)
-            optimizer.step()
-            value = loss["loss"].item()  # also synchronises the device before the clock is read
-            t1 = time.perf_counter()
-            if not math.isfinite(value):
-                raise HarnessError(f"{cfg.run_id}: the training loss is {value} at step {state['step'] + 1} (epoch "
-                                   f"{epoch + 1}): training diverged; lower lr / lr_encoder or set clip_max_norm")
-            dt, t_iter, t_prev = t1 - t0, t1 - t_prev, t1
-            state["step"] += 1
-            if state["step"] > WARMUP_STEPS:
-                state["step_times"].append(dt)
-                state["iteration_times"].append(t_iter)
-            elif state["step"] == WARMUP_STEPS and is_cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            losses.append(value)
-            bar.set_postfix(loss=f"{value:.3f}", samples_s=f"{len(pred) * world / dt:.1f}")
-            if _done(state, recipe):
-                break
-        bar.close()
+        t_epoch = time.perf_counter()
+        losses = train_one_epoch(train_model, loader, optimizer, recipe, state, device, world, cfg.run_id, rank == 0)
         state["epoch_times"].append(time.perf_counter() - t_epoch)
-        if is_cuda:
+        if device.type == "cuda":
             state["peak_allocated"] = max(state.get("peak_allocated", 0), torch.cuda.max_memory_allocated(device))
             state["peak_reserved"] = max(state.get("peak_reserved", 0), torch.cuda.max_memory_reserved(device))
         scheduler.step()
         state["epoch"] += 1
         entry = {"epoch": state["epoch"], "loss": statistics.fmean(losses), "lr": scheduler.get_last_lr()}
-        last_epoch = state["epoch"] >= recipe.epochs or _done(state, recipe)
+        last_epoch = state["epoch"] >= recipe.epochs or max_steps_reached(state, recipe)
         if state["epoch"] % recipe.eval_every == 0 or last_epoch:
             val = evaluate(model, build_loader(eval_sets[val_split], recipe.batch_size, False, recipe, rank, world),
                            device, recipe.amp)
@@ -481,141 +405,3 @@ def _train_loop(cfg, train_model, model, train_set, eval_sets, optimizer, schedu
                          "scheduler": scheduler.state_dict(), "state": state, "meta": meta, "config_hash": chash},
                         run_dir / "last.pth")
         barrier()
-
-
-def _done(state, recipe) -> bool:
-    return recipe.max_steps is not None and state["step"] >= recipe.max_steps
-
-
-def _memory_figures(device, state) -> dict:
-    if device.type == "cuda":
-        return {"device": "cuda", "peak_allocated_bytes": state.get("peak_allocated"),
-                "peak_reserved_bytes": state.get("peak_reserved"),
-                "what": f"torch.cuda.max_memory_allocated/reserved over training steps after {WARMUP_STEPS} warm-up steps"}
-    import resource
-
-    return {"device": "cpu", "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "what": "CPU run: process peak resident memory (model, data pipeline, activations), "
-                    "not comparable to GPU allocator peaks; see `harness profile` for training-memory figures"}
-
-
-def _time_figures(state, recipe: Recipe, train_size: int) -> dict:
-    times, iterations = state["step_times"], state["iteration_times"]
-    median = statistics.median(times) if times else None
-    median_iteration = statistics.median(iterations) if iterations else None
-    full_epochs = [t for t in state["epoch_times"]] if recipe.max_steps is None else []
-    return {
-        "median_step_s": median, "timed_steps": len(times), "warmup_steps": WARMUP_STEPS,
-        "median_iteration_s": median_iteration,
-        "what": "step = batch on the device to optimizer step done (synchronised by loss.item()); iteration = "
-                "the same plus waiting for the data loader, i.e. what a training step costs through the harness",
-        "samples_per_s": recipe.batch_size / median_iteration if median_iteration else None,
-        "epoch_s": statistics.median(full_epochs) if full_epochs else None,
-        "epoch_s_how": "measured (median over epochs, data loading included)" if full_epochs else None,
-        "train_seconds": sum(state["epoch_times"]), "train_size": train_size,
-    }
-
-
-def load_checkpoint_for_eval(path, trust: bool = False):
-    """(model, meta) from a checkpoint this project wrote (last.pth or best.pth), or from TransVG's own
-    checkpoint layout (a TransVG model = full fine-tuning; its meta names no tokenizer)."""
-    from harness.model import PRESETS, build_model
-    from harness.model.config import config_from_dict
-    from harness.model.transvg import TransVG
-    from harness.model.weights import is_transvg_state, transvg_shapes
-
-    ckpt = read_checkpoint(path, trust)
-    sd = ckpt.get("model") if isinstance(ckpt, dict) else None
-    if isinstance(sd, dict):
-        odd = next(((k, v) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
-        if odd is not None:
-            raise HarnessError(f"{path}: its 'model' entry maps {odd[0]!r} to a {type(odd[1]).__name__}; a state dict "
-                               "maps parameter names to tensors: the file is damaged, get it again")
-    if isinstance(sd, dict) and "meta" not in ckpt and is_transvg_state(sd):
-        try:
-            shapes = transvg_shapes(sd)
-        except (KeyError, IndexError, ValueError) as err:
-            raise HarnessError(f"{path}: a TransVG checkpoint without the shapes of a TransVG model "
-                               f"({type(err).__name__}: {err}): the file is damaged, get it again") from None
-        preset = next((name for name, c in PRESETS.items()
-                       if (c.fusion.d_model, c.vision.d_model, c.language.hidden)
-                       == (shapes["fusion"], shapes["vision"], shapes["language"])), None)
-        if preset is None:
-            raise HarnessError(f"{path}: a TransVG checkpoint of widths {shapes} matches no preset "
-                               f"({', '.join(PRESETS)})")
-        max_query_len = shapes["positions"] - 1 - PRESETS[preset].visual_tokens
-        if max_query_len < 1:
-            raise HarnessError(f"{path}: vl_pos_embed has {shapes['positions']} positions, fewer than [REG] + one "
-                               f"word + {PRESETS[preset].visual_tokens} visual tokens: the file is damaged, get it "
-                               "again")
-        model = build_model(preset, max_query_len=max_query_len, vocab_size=shapes["vocab_size"])
-        report = load_whole_model_state(model, sd, str(path))
-        print(report.summary())
-        apply_method(build_method("full"), model)
-        meta = {"method": "full", "method_config": {}, "model_config": model.config.to_dict(), "preset": preset,
-                "tokenizer": None, "data": "real", "data_desc": {}, "source": "TransVG checkpoint"}
-        return model, meta
-    if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
-        raise HarnessError(f"{path} is neither a checkpoint written by `harness run` (no 'meta'/'model' entries) "
-                           "nor a TransVG checkpoint ({'model': visumodel.*, textmodel.bert.*, ...})")
-    meta = ckpt["meta"]
-    try:
-        config = config_from_dict(meta["model_config"])
-        with torch.device("meta"):  # what the description asks for, before anything is allocated
-            asked = sum(p.numel() for p in TransVG(config).parameters())
-        # what the file really holds: its storages' bytes (a stride-0 tensor claims many elements over a few bytes)
-        held = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in ckpt["model"].values()
-                    }.values()) // 4
-        if asked > 2 * held + 10_000_000:  # methods add modules, but never a multiple of the model
-            raise ValueError(f"it asks for a model of {asked:,} parameters while the file holds {held:,} values")
-        model = TransVG(config)
-        apply_method(build_method(meta["method"], meta["method_config"]), model)
-        for key in ("tokenizer", "data", "data_desc"):
-            meta[key]
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise HarnessError(f"{path}: its model description is damaged ({type(err).__name__}: {err}); use a "
-                           "checkpoint `harness run` wrote") from None
-    try:
-        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise HarnessError(f"{path}: its weights do not fit its model description "
-                           f"({(str(err).strip().splitlines() or [''])[0][:120]})") from None
-    if missing or unexpected:
-        raise HarnessError(f"{path} does not match its own model description: {len(missing)} missing, "
-                           f"{len(unexpected)} unexpected keys")
-    return model, meta
-
-
-def evaluate_checkpoint(path, dataset: str, data_root=None, split_root=None, image_root=None, device="auto",
-                        batch_size: int = 64, splits=None, cache_dir=None, synthetic_images=None, tokenizer=None,
-                        trust_pickles: bool = False) -> dict:
-    """Scores on `dataset`; without a data root, on the synthetic set the checkpoint was trained with.
-    `tokenizer` (HF id, folder or vocab.txt) replaces the checkpoint's; a TransVG checkpoint needs it."""
-    model, meta = load_checkpoint_for_eval(path, trust_pickles)
-    device = resolve_device(device)
-    spec = get_spec(dataset)
-    tokenizer = tokenizer or meta["tokenizer"]
-    if tokenizer is None:
-        raise HarnessError(f"{path} is a TransVG checkpoint, which carries no tokenizer: pass --tokenizer (an HF id "
-                           "such as bert-base-uncased in the local cache, a BERT folder or a vocab.txt)")
-    if data_root is None and meta["data"] == "synthetic" and meta["data_desc"].get("root"):
-        data_root = meta["data_desc"]["root"]  # a synthetic set given as --data-root
-    if synthetic_images is None and meta["data"] == "synthetic":
-        synthetic_images = meta["data_desc"].get("images")
-    cfg = RunConfig(method=meta["method"], dataset=dataset, data_root=data_root, split_root=split_root,
-                    image_root=image_root, tokenizer=tokenizer if data_root else None, cache_dir=cache_dir,
-                    synthetic_images=synthetic_images, trust_pickles=trust_pickles)
-    paths, tok_source, _, _ = resolve_data(cfg, 0)
-    tokenizer = build_tokenizer(tok_source)
-    if len(tokenizer) != model.config.language.vocab_size:
-        raise HarnessError(f"the tokenizer {tok_source} has {len(tokenizer)} entries but the checkpoint's model "
-                           f"was trained with {model.config.language.vocab_size}: pass the same tokenizer")
-    recipe = Recipe(num_workers=0)
-    prepare_runtime(model, recipe, device)
-    model.to(device)
-    out = {}
-    for split in splits or spec.eval_splits:
-        ds = RECDataset(paths, dataset, split, tokenizer, model.config.image_size, train=False,
-                        max_query_len=model.config.max_query_len)
-        out[split] = evaluate(model, build_loader(ds, batch_size, False, recipe, 0, 1), device)
-    return out
