@@ -261,7 +261,8 @@ def suite_record(name: str, path: str, outcomes: list[Outcome], wall_s: float, w
                  gpus) -> dict:
     from harness import records
 
-    return {"schema": records.SCHEMA_VERSION, "kind": "suite", "suite": name, "suite_file": path, "wall_s": wall_s,
+    return {"schema": records.SCHEMA_VERSION, "kind": "suite", "suite": name, "suite_file": records.portable(path),
+            "wall_s": wall_s,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "workers": workers,
                         "torch_threads_per_job": threads, "gpus": gpus or []},
             "git": records.git_state(), "created_at": records.now(),

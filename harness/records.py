@@ -35,6 +35,40 @@ COUNTS = ("encoder_side_trainable", "trainable", "total")  # params of a finishe
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "peft", "fvcore", "numpy")
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _roots() -> list[tuple[Path, str]]:
+    """(folder, how a record names it): the repository (relative paths) and the cache ($REC_BENCH_CACHE)."""
+    from harness.device import DEFAULT_CACHE
+
+    cache = Path(os.environ.get("REC_BENCH_CACHE") or DEFAULT_CACHE)
+    return [(REPO, ""), (cache.absolute(), "$REC_BENCH_CACHE/")]
+
+
+def portable(path) -> str | None:
+    """A path as a record keeps it: relative to the repository when inside it, `$REC_BENCH_CACHE/...` inside the
+    cache, and otherwise `.../<name>` (what it is, not where this machine keeps it); a relative path as given."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    for root, label in _roots():
+        try:
+            return label + str(p.absolute().relative_to(root)) if p.absolute() != root else (label.rstrip("/") or ".")
+        except ValueError:
+            continue
+    return f".../{p.name}"
+
+
+def portable_text(text: str) -> str:
+    """`text` with the repository's and the cache's absolute folders written as portable() writes them."""
+    for root, label in sorted(_roots(), key=lambda r: -len(str(r[0]))):
+        text = text.replace(f"{root}/", label or "").replace(str(root), label.rstrip("/") or ".")
+    return text
+
+
 def config_hash(config: dict) -> str:
     """Stable hash of what defines a run, so a resumed or skipped run can prove it is the same run."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
@@ -225,7 +259,7 @@ def baseline_records(dataset: str, results: dict, paths) -> list[dict]:
             "schema": SCHEMA_VERSION, "kind": "baseline", "run_id": f"{dataset.replace('+', 'plus')}_textblind-{rule}",
             "method": f"text-blind: {rule}", "method_config": {"rule": rule}, "dataset": dataset,
             "dataset_label": f"synthetic ({label}-style)" if synthetic else label,
-            "data": "synthetic" if synthetic else "real", "data_desc": {"split_root": str(paths.split_root)},
+            "data": "synthetic" if synthetic else "real", "data_desc": {"split_root": portable(paths.split_root)},
             "preset": "any", "recipe": {}, "weights": {}, "env": environment(), "params": {}, "flops": {},
             "memory": {}, "time": {},
             "results": {s: {"accuracy": r[rule], "miou": r["miou"][rule], "n": r["n"]} for s, r in results.items()},

@@ -29,3 +29,15 @@ def test_rewritten_results_leave_the_code_clean_but_edited_code_is_dirty(tmp_pat
 
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_state(tmp_path) == {"commit": head, "dirty": True}
+
+
+def test_records_name_paths_relative_to_the_repository_or_the_cache(tmp_path, monkeypatch):
+    from harness.records import REPO, portable, portable_text
+
+    monkeypatch.setenv("REC_BENCH_CACHE", str(tmp_path / "cache"))
+    assert portable(REPO / "results" / "runs") == "results/runs"
+    assert portable(tmp_path / "cache" / "pretrained" / "x" / "vision.pth") == "$REC_BENCH_CACHE/pretrained/x/vision.pth"
+    assert portable("/data/refer/detr-r50-unc.pth") == ".../detr-r50-unc.pth"  # what it is, not where
+    assert portable("weights/bert") == "weights/bert" and portable(None) is None
+    assert portable_text(f"vision weights from {tmp_path}/cache/p/v.pth: 1 key") == \
+        "vision weights from $REC_BENCH_CACHE/p/v.pth: 1 key"
