@@ -16,6 +16,7 @@ from datasets.catalog import get_spec
 from datasets.errors import DataError
 from harness.errors import HarnessError
 from harness.options import yaml_value
+from harness.palette import method_colour
 from harness.records import now, read_record, write_json_atomic
 
 SELECTION_KIND = "selection"
@@ -130,8 +131,8 @@ def sensitivity_plot(selection: dict, path) -> Path:
                         xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
             continue
         xs = [float(v) for v in entry["grid"]]
-        line, = ax.plot(xs, [100 * a for a in entry["grid"].values()], marker="o", label=method)
-        ax.plot([entry["chosen"]], [100 * entry["val_accuracy"]], marker="*", ms=12, color=line.get_color())
+        ax.plot(xs, [100 * a for a in entry["grid"].values()], marker="o", label=method, color=method_colour(method))
+        ax.plot([entry["chosen"]], [100 * entry["val_accuracy"]], marker="*", ms=12, color=method_colour(method))
     ax.set_xscale("log")
     ax.set_xlabel(f"{selection['key']} (encoder-side learning rate)")
     ax.set_ylabel(f"{selection['dataset']} {selection['split']} Acc@0.5 (%)")

@@ -12,6 +12,7 @@ Every file starts with its provenance, built from the records it used.
 """
 from __future__ import annotations
 
+import functools
 import html
 import re
 import statistics
@@ -21,6 +22,7 @@ import pandas as pd
 
 from datasets.catalog import get_spec
 from harness.errors import HarnessError
+from harness.palette import method_colour
 from harness.records import read_record, write_text_atomic
 from harness.stats import holds, paired_difference
 
@@ -179,6 +181,8 @@ def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str,
             params = next((ok[(method, d)]["params"] for d, _, _ in splits if (method, d) in ok), None)
             mine = [ok[(method, d)] for d in dict.fromkeys(d for d, _, _ in splits) if (method, d) in ok]
             row = {"method": method,
+                   "seeds (n)": _distinct(str(len(recs)) for (m, _), recs in by_seed.items()
+                                          if m == method and recs[0]["kind"] == "run"),
                    "tunable (M)": _fmt(params["encoder_side_trainable"] / 1e6 if params else None),
                    "tunable %": _fmt(params["percent_encoder_side"] if params else None),
                    "encoder-side lr": _distinct(f"{r['recipe']['lr_encoder']:g}" for r in mine
@@ -191,9 +195,25 @@ def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str,
                           if split in r["results"]]
                 row[f"{_dataset_label(dataset, data)} {label}"] = _cell(values)
             rows.append(row)
+        rows = _one_floor_row_where_the_rules_tie(rows)
+        table = pd.DataFrame(rows)
+        # a column only where some record has a value (the default suite runs one dataset of five)
+        table = table.loc[:, [c for c in table.columns if table[c].ne("").any()]]
         heading = f"{'Synthetic data' if data == 'synthetic' else 'Real data'}, preset {preset}"
-        out.append((heading, pd.DataFrame(rows), group))
+        out.append((heading, table, group))
     return out
+
+
+def _one_floor_row_where_the_rules_tie(rows: list[dict]) -> list[dict]:
+    """The text-blind rules (largest, central, random) as one row when they give the same value in every column
+    (on the synthetic set they tie by construction: every candidate of an expression is one of its referred objects),
+    named for what it is and the rules that give it; otherwise a row each."""
+    floors = [r for r in rows if r["method"].startswith(FLOOR)]
+    values = {tuple(v for k, v in r.items() if k != "method") for r in floors}
+    if len(floors) < 2 or len(values) != 1:
+        return rows
+    rules = " = ".join(r["method"].split(":", 1)[1].strip() for r in floors)
+    return [r for r in rows if r not in floors] + [{**floors[0], "method": f"{FLOOR} floor ({rules})"}]
 
 
 def _ok_by_row(group: list[dict]) -> dict:
@@ -268,6 +288,43 @@ def _efficiency_figures(r: dict) -> dict:
             "samples": t.get("samples_per_s"), "timed_steps": t.get("timed_steps")}
 
 
+@functools.lru_cache(maxsize=None)
+def _tunable_today(method: str, config_json: str, model_json: str) -> int | None:
+    """The encoder-side trainable count today's code gives this method, configuration and model (what `harness
+    methods` counts), or None where today's code cannot build it (a method or an option gone)."""
+    import json
+
+    import torch
+
+    from harness.model.config import config_from_dict
+    from harness.model.transvg import TransVG
+    from harness.model import count_parameters
+    from methods import apply_method, build_method
+
+    try:
+        with torch.device("meta"):
+            model = TransVG(config_from_dict(json.loads(model_json)))
+            apply_method(build_method(method, json.loads(config_json)), model)
+    except (HarnessError, KeyError, TypeError, ValueError):
+        return None
+    return count_parameters(model)["encoder_side_trainable"]
+
+
+def _counts_today(r: dict) -> str:
+    """'same' when the record's tunable count is what today's code gives, else what today's is ('stale')."""
+    import json
+
+    if not r.get("model_config") or r["kind"] not in ("run", "profile"):
+        return ""
+    today = _tunable_today(r["method"], json.dumps(r["method_config"], sort_keys=True),
+                           json.dumps(r["model_config"], sort_keys=True))
+    if today is None:
+        return "stale: the method or an option is gone"
+    if today == r["params"]["encoder_side_trainable"]:
+        return "same"
+    return f"stale: today {today / 1e6:.2f}M"
+
+
 def efficiency_tables(profiles: list[dict], runs: list[dict]):
     """(heading, table, records, memory notes) per (preset, device, precision, batch, runtime)."""
     pool = [r for r in profiles + runs if r["status"] == "ok"]
@@ -300,11 +357,16 @@ def efficiency_tables(profiles: list[dict], runs: list[dict]):
                 "epoch (min)": epoch, "epoch % of full": _pct(f["epoch"], full.get("epoch")),
                 "samples/s": _fmt(f["samples"], 1),
                 "source": "profile" if r["kind"] == "profile" else f"run {r['run_id']}",
+                "counts as today": _counts_today(r),
             })
         notes = sorted({f["memory_what"] for f in figs.values() if f["memory_what"]})
         short = [m for m, f in figs.items() if f["timed_steps"] is not None and f["timed_steps"] < 20]
         if short:
             notes.append(f"fewer than 20 timed steps (smoke figures, not for reporting): {', '.join(sorted(short))}")
+        stale = [row["method"] for row in rows if row["counts as today"].startswith("stale")]
+        if stale:
+            notes.append("stale rows (their records were made when the method counted other parameters than today's "
+                         f"`harness methods`; rerun them before comparing): {', '.join(stale)}")
         preset, device, precision, batch, runtime = key
         out.append((f"preset {preset}, {device}, {precision}, batch {batch}, {runtime} runtime", pd.DataFrame(rows),
                     list(chosen.values()), notes))
@@ -312,13 +374,41 @@ def efficiency_tables(profiles: list[dict], runs: list[dict]):
 
 
 # ---- trade-off plot ----------------------------------------------------------------------------------
+def _floor_line(ax, value: float) -> None:
+    """The text-blind floor, drawn the same way in every figure."""
+    ax.axhline(value, ls="--", color="grey", lw=1, label=f"text-blind floor (best rule) {value:.1f}")
+
+
+def _fit_title(ax, text: str, width: int = 80) -> None:
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.fill(line, width) for line in text.split("\n")), fontsize=8)
+
+
 def tradeoff_plot(mains, effs, path: Path) -> Path:
+    return _save(tradeoff_figure(mains, effs), path)
+
+
+def curves_plot(mains, path: Path) -> Path:
+    return _save(curves_figure(mains), path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def tradeoff_figure(mains, effs):
+    """Accuracy against training memory, bubble area = tunable parameters (as Fig. 1 of M2IST)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
     points, acc_section = [], None
     for heading, table, recs in mains:  # real data first, then by preset
         col = f"{_dataset_label('unc', recs[0]['data'])} val"
@@ -343,31 +433,26 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
         floor = max((cell_mean(row[acc_col]) for _, row in table.iterrows()
                      if row["method"].startswith(FLOOR) and row[acc_col]), default=None)
         if floor is not None:
-            ax.axhline(floor, ls="--", color="grey", lw=1)
-            ax.annotate(f"text-blind floor {floor:.1f}", (0, floor), xycoords=("axes fraction", "data"),
-                        xytext=(4, 3), textcoords="offset points", fontsize=8, color="grey")
+            _floor_line(ax, floor)
         by_seed = _ok_by_row([r for r in recs if r["kind"] == "run"])
         paired = {m: paired_difference(by_seed.get((m, "unc"), []), by_seed.get(("frozen", "unc"), []), "val")
                   for m, _, _, _ in points if m != "frozen"}
         biggest = max(p[3] for p in points) or 1.0
-        for i, (method, x, y, tunable) in enumerate(sorted(points, key=lambda p: p[1])):
+        for method, x, y, tunable in sorted(points, key=lambda p: method_order(p[0])):
             mark = " *" if paired.get(method) and holds(paired[method]) else ""
-            size = 60 + 1500 * tunable / biggest  # marker area in points^2
-            ax.scatter(x, y, s=size, alpha=0.5)
-            # labels alternate above / below along the memory axis, so neighbours with equal accuracy stay legible
-            offset = (size**0.5 / 2 + 3) * (1 if i % 2 == 0 else -1)
-            ax.annotate(f"{method}{mark} ({tunable:.2f}M)", (x, y), xytext=(0, offset), textcoords="offset points",
-                        ha="center", va="bottom" if offset > 0 else "top", fontsize=8)
+            # a legend names the bubbles: labels beside them overlapped wherever two methods shared a memory figure
+            ax.scatter(x, y, s=60 + 1500 * tunable / biggest, alpha=0.6, color=method_colour(method),
+                       edgecolors="black", linewidths=0.5, label=f"{method}{mark} ({tunable:.2f}M tunable)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=0.5, frameon=False)
         cpu = any(r["memory"].get("device") == "cpu" for r in e_recs)
         kind = ("CPU proxy: saved activations + params + grads + AdamW state" if cpu
                 else "peak torch.cuda.max_memory_allocated")
         ax.set_xlabel(f"training memory, {'% of full fine-tuning' if use_pct else 'GiB'}\n({kind})")
         ax.set_ylabel(f"Acc@0.5 (%), {acc_col}")
         loud = "SYNTHETIC DATA - " if recs[0]["data"] == "synthetic" else ""
-        ax.set_title(f"{loud}accuracy: {heading} ({', '.join(sorted({_device_name(r) for r in recs}))})\n"
-                     f"memory: {e_heading}; bubble area = tunable (encoder-side) parameters"
-                     + ("; * = differs from frozen (95% paired bootstrap)" if any(paired.values()) else ""),
-                     fontsize=8)
+        _fit_title(ax, f"{loud}accuracy: {heading} ({', '.join(sorted({_device_name(r) for r in recs}))})\n"
+                       f"memory: {e_heading}\nbubble area = tunable (encoder-side) parameters"
+                       + ("; * = differs from frozen (95% paired bootstrap)" if any(paired.values()) else ""))
         ax.margins(0.25)
         ax.grid(alpha=0.3)
     else:
@@ -375,19 +460,17 @@ def tradeoff_plot(mains, effs, path: Path) -> Path:
                 ha="center", va="center")
         ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def curves_plot(mains, path: Path) -> Path:
+def curves_figure(mains):
     """Val Acc@0.5 per epoch of every method's run on the first group's RefCOCO-style set (real data first)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    fig, ax = plt.subplots(figsize=(9.5, 5.0))
     drawn = False
     for heading, _, recs in mains:
         first_seed = {}  # one line per row: its lowest seed
@@ -395,9 +478,8 @@ def curves_plot(mains, path: Path) -> Path:
         for r in sorted(unc_ok, key=lambda r: str(_seed(r))):
             first_seed.setdefault(row_name(r), r)
         runs = [first_seed[name] for name in sorted(first_seed, key=method_order)]
-        # One colour per method, one line style per row of it (published, selected, grid values), so that a
-        # method's rows read as a family and no two methods share a colour.
-        colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(r["method"] for r in runs))}
+        # A method's colour (method_colour, as in every figure), one line style per row of it (published, selected,
+        # grid values), so that a method's rows read as a family.
         styles = {}
         for r in runs:
             history = (r.get("train") or {}).get("history") or []
@@ -405,28 +487,26 @@ def curves_plot(mains, path: Path) -> Path:
             if points:
                 n = styles[r["method"]] = styles.get(r["method"], -1) + 1
                 ax.plot(*zip(*points), marker="o" if len(points) < 3 else None, label=row_name(r),
-                        color=colours[r["method"]], ls=LINE_STYLES[n % len(LINE_STYLES)])
+                        color=method_colour(r["method"]), ls=LINE_STYLES[n % len(LINE_STYLES)])
                 drawn = True
         floors = [r["results"]["val"]["accuracy"] for r in recs
                   if r["kind"] == "baseline" and r["dataset"] == "unc" and "val" in r["results"]]
         if drawn and floors:
-            ax.axhline(100 * max(floors), ls="--", color="grey", lw=1, label="text-blind floor (best rule)")
+            _floor_line(ax, 100 * max(floors))
         if drawn:
             loud = "SYNTHETIC DATA - " if recs[0]["data"] == "synthetic" else ""
-            ax.set_title(f"{loud}{heading}: val Acc@0.5 per epoch ({_dataset_label('unc', recs[0]['data'])})\n"
-                         "one line per row: its lowest seed", fontsize=9)
+            _fit_title(ax, f"{loud}{heading}: val Acc@0.5 per epoch ({_dataset_label('unc', recs[0]['data'])})\n"
+                           "one line per row: its lowest seed")
             ax.set_xlabel("epoch")
             ax.set_ylabel("val Acc@0.5 (%)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
             break
     if not drawn:
         ax.text(0.5, 0.5, "no run record with a validation history on a RefCOCO-style set", ha="center", va="center")
         ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # ---- files -------------------------------------------------------------------------------------------

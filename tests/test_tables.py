@@ -284,3 +284,83 @@ def test_outcomes_that_contradict_the_accuracy_are_refused():
     record["results"]["val"]["accuracy"] = 1.0
     with pytest.raises(HarnessError, match="outcomes is not the hex of 3 packed bits"):
         validate_record(record)
+
+
+def _text_boxes(fig):
+    """Window boxes of the figure's words: title, axis labels, legend entries and any note on the axes."""
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts,
+             *(ax.get_legend().get_texts() if ax.get_legend() else [])]
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("figure", ["tradeoff", "curves"])
+def test_figures_fit_their_canvas_label_without_overlaps_and_share_the_colours(folders, figure):
+    import matplotlib.pyplot as plt
+
+    from harness.palette import method_colour
+    from harness.tables import curves_figure, tradeoff_figure
+
+    runs, profiles, _ = folders
+    mains = main_tables(read_folder(runs))
+    fig = (tradeoff_figure(mains, efficiency_tables(read_folder(profiles), read_folder(runs)))
+           if figure == "tradeoff" else curves_figure(mains))
+    fig.canvas.draw()
+    canvas = fig.bbox
+    boxes = _text_boxes(fig)
+    title = fig.axes[0].title
+    assert title.get_text().startswith("SYNTHETIC DATA")
+    for text, box in boxes:  # nothing is cut by the canvas edge, the title included
+        assert canvas.x0 - 1 <= box.x0 and box.x1 <= canvas.x1 + 1, text
+        assert canvas.y0 - 1 <= box.y0 and box.y1 <= canvas.y1 + 1, text
+    legend = fig.axes[0].get_legend()
+    entries = [(t.get_text(), t.get_window_extent(fig.canvas.get_renderer())) for t in legend.get_texts()]
+    assert len(entries) >= 3
+    for i, (a, box_a) in enumerate(entries):
+        for b, box_b in entries[i + 1:]:
+            assert not box_a.overlaps(box_b), (a, b)
+    # each method's colour is the palette's, whatever the figure
+    handles = dict(zip([t.get_text() for t in legend.get_texts()], legend.legend_handles))
+    for label, handle in handles.items():
+        method = label.split(" ")[0]
+        if method in ("full", "frozen", "m2ist"):
+            colour = handle.get_facecolor()[0] if hasattr(handle, "get_facecolor") and figure == "tradeoff" \
+                else handle.get_color()
+            assert matplotlib_hex(colour) == method_colour(method), label
+    plt.close(fig)
+
+
+def matplotlib_hex(colour) -> str:
+    import matplotlib
+
+    return matplotlib.colors.to_hex(colour, keep_alpha=False)
+
+
+def test_efficiency_rows_whose_counts_differ_from_today_are_marked_stale(tmp_path):
+    import torch
+
+    from harness.model import PRESETS, TransVG, count_parameters
+    from methods import apply_method, build_method
+
+    config = PRESETS["tiny"]
+    with torch.device("meta"):
+        model = TransVG(config)
+        apply_method(build_method("bitfit"), model)
+    today = count_parameters(model)["encoder_side_trainable"]
+    PARAMS["bitfit"] = (today, today + 1, 2_000_000)
+    PARAMS["adapter"] = (today + 5, today + 6, 2_000_000)  # adapter counted today is not this
+    try:
+        profiles = tmp_path / "profile"
+        for method in ("bitfit", "adapter"):
+            record = profile_record(method, 100 * 2**20, 0.1)
+            record.update(model_config=config.to_dict(), method_config={})
+            write_json_atomic(profiles / f"{method}.json", record)
+        ((_, table, _, notes),) = efficiency_tables(read_folder(profiles), [])
+    finally:
+        del PARAMS["bitfit"]
+        PARAMS["adapter"] = (50_000, 150_000, 2_250_000)
+    rows = table.set_index("method")
+    assert rows.loc["bitfit", "counts as today"] == "same"
+    assert rows.loc["adapter", "counts as today"].startswith("stale: today ")
+    assert any("stale rows" in n and "adapter" in n for n in notes)
