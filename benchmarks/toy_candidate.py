@@ -10,7 +10,7 @@ still fit), TransVG's `normalize_before` fusion (pre-norm + final LayerNorm) and
 GIoU x2). Each toy's synthetic set lives in its own cache folder ($REC_BENCH_CACHE/toys/<toy>; the stand-in
 encoders are shared, their source task does not depend on the REC scenes). Every run is `harness run` with the
 tiny recipe (50 epochs), one torch thread, `--jobs` runs at a time; a finished run is skipped and an interrupted
-one resumes (its checkpoints are in runs/toy_candidate/). The summary (results/benchmarks/toy_candidate/<toy>.md)
+one resumes (its checkpoints and logs are in runs/toy_candidate/). The summary (results/benchmarks/toy_candidate/<toy>.md)
 is rebuilt from the records alone: the text-blind floor of the toy's val split, per run the first epoch whose val
 Acc@0.5 reaches floor + 10 points ("exit", issue 28's plateau criterion) and whether the best val is within 1 point
 of the mean val over the last 20% of epochs ("converged"), and per method the mean and sample std over seeds.
@@ -67,7 +67,7 @@ def run_one(toy: str, method: str, seed: int) -> int:
     argv = [sys.executable, str(HERE / "toy_candidate.py"), "--child", toy, "run", "--method", method, "--dataset",
             "unc", "--preset", "tiny", "--device", "cpu", "--seed", str(seed), "--tag", f"seed{seed}", *sets,
             "--output", str(OUT / toy / "runs"), "--work-dir", f"runs/toy_candidate/{toy}", "--skip-done"]
-    log = OUT / toy / "logs" / f"{method}_seed{seed}.log"
+    log = Path("runs/toy_candidate") / toy / "logs" / f"{method}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         return subprocess.call(argv, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -158,7 +158,8 @@ def main() -> None:
             codes = list(pool.map(lambda ms: run_one(args.toy, *ms),
                                   [(m, s) for s in args.seeds for m in args.methods]))
         if any(codes):
-            print(f"{sum(1 for c in codes if c)} run(s) failed: see {OUT / args.toy / 'logs'}", file=sys.stderr)
+            failed = sum(1 for c in codes if c)
+            print(f"{failed} run(s) failed: see runs/toy_candidate/{args.toy}/logs", file=sys.stderr)
     from harness.records import write_text_atomic
 
     print(f"wrote {write_text_atomic(OUT / (args.toy + '.md'), summary(args.toy))}")

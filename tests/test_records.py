@@ -41,3 +41,26 @@ def test_records_name_paths_relative_to_the_repository_or_the_cache(tmp_path, mo
     assert portable("weights/bert") == "weights/bert" and portable(None) is None
     assert portable_text(f"vision weights from {tmp_path}/cache/p/v.pth: 1 key") == \
         "vision weights from $REC_BENCH_CACHE/p/v.pth: 1 key"
+
+
+def test_old_records_get_portable_paths_and_keep_their_numbers(tmp_path):
+    import importlib.util
+    import json
+
+    from harness.records import REPO
+
+    spec = importlib.util.spec_from_file_location("portable_records", REPO / "scripts" / "portable_records.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    record = {"kind": "run", "weights": {"vision": "/tmp/cache15/pretrained/tiny-seed13-abc/vision.pth",
+                                         "language": "/root/.cache/rec-petl-bench/pretrained/tiny-seed13-abc/bert",
+                                         "loaded": ["vision weights from /tmp/cache15/pretrained/k/vision.pth: 1 key"]},
+              "data_desc": {"root": "/data/mine/refcoco"}, "results": {"val": {"accuracy": 0.5, "miou": 0.4, "n": 2}}}
+    new = script.rewrite(json.loads(json.dumps(record)))
+    assert new["weights"]["vision"] == "$REC_BENCH_CACHE/pretrained/tiny-seed13-abc/vision.pth"
+    assert new["weights"]["language"] == "$REC_BENCH_CACHE/pretrained/tiny-seed13-abc/bert"
+    assert new["weights"]["loaded"] == ["vision weights from $REC_BENCH_CACHE/pretrained/k/vision.pth: 1 key"]
+    assert new["data_desc"]["root"] == ".../refcoco" and new["results"] == record["results"]
+    assert script.rewrite(json.loads(json.dumps(new))) == new  # idempotent
+    assert script.rewrite({"kind": "suite", "suite_file": "/tmp/wt15/suites/sweep.yaml"})["suite_file"] == \
+        "suites/sweep.yaml"
