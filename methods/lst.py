@@ -107,6 +107,9 @@ class VisionLadder(Ladder):
         super().__init__(cfg.d_model, side, nn.ModuleList(
             EncoderLayer(side, cfg.heads, cfg.ffn // r, cfg.dropout) for _ in range(cfg.layers)), alpha, temperature,
             std)
+        for p in self.layers.parameters():  # DETR's init of what is not pruned from the backbone (_reset_parameters)
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
         self.position = PositionEmbeddingSine(side // 2)
 
     def forward(self, out):
