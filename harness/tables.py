@@ -374,6 +374,10 @@ def efficiency_tables(profiles: list[dict], runs: list[dict]):
 
 
 # ---- trade-off plot ----------------------------------------------------------------------------------
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K" if n >= 100 else str(n)
+
+
 def _floor_line(ax, value: float) -> None:
     """The text-blind floor, drawn the same way in every figure."""
     ax.axhline(value, ls="--", color="grey", lw=1, label=f"text-blind floor (best rule) {value:.1f}")
@@ -428,7 +432,8 @@ def tradeoff_figure(mains, effs):
             col = "memory % of full" if use_pct else "peak memory (GiB)"
             for _, row in e_table.iterrows():
                 if row["method"] in acc and row[col]:
-                    points.append((row["method"], float(row[col]), acc[row["method"]], float(row["tunable (M)"])))
+                    tunable = next(r["params"]["encoder_side_trainable"] for r in e_recs if row_name(r) == row["method"])
+                    points.append((row["method"], float(row[col]), acc[row["method"]], tunable))
     if points:
         floor = max((cell_mean(row[acc_col]) for _, row in table.iterrows()
                      if row["method"].startswith(FLOOR) and row[acc_col]), default=None)
@@ -442,7 +447,7 @@ def tradeoff_figure(mains, effs):
             mark = " *" if paired.get(method) and holds(paired[method]) else ""
             # a legend names the bubbles: labels beside them overlapped wherever two methods shared a memory figure
             ax.scatter(x, y, s=60 + 1500 * tunable / biggest, alpha=0.6, color=method_colour(method),
-                       edgecolors="black", linewidths=0.5, label=f"{method}{mark} ({tunable:.2f}M tunable)")
+                       edgecolors="black", linewidths=0.5, label=f"{method}{mark} ({_count(tunable)} tunable)")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=0.5, frameon=False)
         cpu = any(r["memory"].get("device") == "cpu" for r in e_recs)
         kind = ("CPU proxy: saved activations + params + grads + AdamW state" if cpu
