@@ -10,8 +10,11 @@ probe's result names the commit it ran at.
 
 Levers that are not options of the model are applied here only, for the measurement: `norm_first` rewrites each
 fusion layer's forward as a pre-norm layer (x + attn(LN(x)), x + FFN(LN(x)); TransVG's fusion is post-norm) and
-`text_blind` zeroes the text features (what the fusion learns without the expression). A changed `image_size`
-pretrains stand-in encoders at that size first (cached, minutes). Each result is val Acc@0.5 every `--every` steps.
+`text_blind` zeroes the text features (what the fusion learns without the expression); `scene` changes the synthetic
+generator's object sizes and count (in a cache of its own). A changed `image_size` pretrains stand-in encoders at
+that size first (cached, minutes). Each result is val Acc@0.5 every `--every` steps and, in probes since the scene
+levers, the share of val expressions whose predicted centre lies inside the target's box (`val_centre_in_box`:
+finding the object apart from placing its box precisely).
 """
 from __future__ import annotations
 
@@ -25,11 +28,26 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import datasets.synth_scenes as scenes
 from fusion_plateau import encoder_features, train
 from harness.model import config
 from harness.records import environment, git_state, now, write_json_atomic
 
 TINY = config.PRESETS["tiny"]  # as committed; each probe derives its preset from it (pool workers are reused)
+SIDES, OBJECTS = scenes.SIDES, scenes.OBJECTS  # the generator's, likewise
+
+
+def scene_cache(name: str, folder: str = "scenes"):
+    """A cache of its own for a changed scene generator (the synthetic set's cache key does not see the generator),
+    sharing the default cache's stand-in encoders (their source task does not depend on the REC scenes)."""
+    from harness.device import DEFAULT_CACHE
+
+    cache = DEFAULT_CACHE / folder / name
+    cache.mkdir(parents=True, exist_ok=True)
+    if not (cache / "pretrained").exists():
+        (DEFAULT_CACHE / "pretrained").mkdir(parents=True, exist_ok=True)
+        (cache / "pretrained").symlink_to(DEFAULT_CACHE / "pretrained", target_is_directory=True)
+    return cache
 
 LEVERS = (
     ("recipe (post-norm, 2 layers, d 64)", {}),
@@ -52,6 +70,15 @@ LEVERS = (
                                             "batch": 8}),
     ("pre-norm + DETR's weights, 1 layer", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
                                             "fusion": {"layers": 1}}),
+    # the scenes: objects 1.5x larger (3-4 per scene so that they fit), alone and with the fusion levers
+    ("objects x1.5 (3-4 per scene)", {"scene": {"scale": 1.5, "objects": [3, 4]}}),
+    ("objects x1.5 + normalize_before + DETR's weights", {"scene": {"scale": 1.5, "objects": [3, 4]},
+                                                          "fusion": {"normalize_before": True},
+                                                          "loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
+    ("objects x1.5 + normalize_before + DETR's weights, 128 px", {"scene": {"scale": 1.5, "objects": [3, 4]},
+                                                                   "fusion": {"normalize_before": True},
+                                                                   "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
+                                                                   "image_size": 128}),
 )
 
 
@@ -66,7 +93,14 @@ def probe(label: str, lever: dict, seed: int, steps: int, every: int) -> dict:
     torch.set_num_threads(1)
     config.PRESETS["tiny"] = replace(TINY, image_size=lever.get("image_size", TINY.image_size),
                                      fusion=replace(TINY.fusion, **lever.get("fusion", {})))
-    make_model, features = encoder_features(images=lever.get("images"))
+    scenes.SIDES, scenes.OBJECTS = SIDES, OBJECTS  # pool workers are reused: back to the generator's own
+    cache = None
+    if "scene" in lever:
+        scale, objects = lever["scene"]["scale"], tuple(lever["scene"]["objects"])
+        scenes.SIDES = {k: (round(a * scale), round(b * scale)) for k, (a, b) in SIDES.items()}
+        scenes.OBJECTS = objects
+        cache = scene_cache(f"x{scale:g}-objects{objects[0]}-{objects[1]}")
+    make_model, features = encoder_features(images=lever.get("images"), cache_dir=cache)
     if lever.get("text_blind"):
         for split in features.values():
             split[2] = torch.zeros_like(split[2])

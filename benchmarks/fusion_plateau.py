@@ -30,10 +30,10 @@ SETTINGS = (
 )
 
 
-def encoder_features(images: int | None = None):
+def encoder_features(images: int | None = None, cache_dir=None):
     """(make_model(seed): the tiny model with the stand-in encoders and a fusion initialised from `seed`,
     {split: (vision features, vision mask, text features, text mask, box)} for train and val). `images`: the size of
-    the synthetic set (None: the generator's default)."""
+    the synthetic set (None: the generator's default); `cache_dir`: where that set and the encoders are cached."""
     from datasets.catalog import get_spec
     from datasets.rec import RECDataset
     from datasets.tokenize import build_tokenizer
@@ -44,7 +44,8 @@ def encoder_features(images: int | None = None):
     from harness.run import RunConfig, resolve_data, vocab_size_for, with_stand_in_encoders
     from harness.engine import build_loader
 
-    cfg = RunConfig(method="frozen", dataset="unc", stand_in_encoders=True, synthetic_images=images)
+    cfg = RunConfig(method="frozen", dataset="unc", stand_in_encoders=True, synthetic_images=images,
+                    cache_dir=str(cache_dir) if cache_dir else None)
     spec = get_spec("unc")
     paths, tok_source, kind, _ = resolve_data(cfg, 0)
     tokenizer = build_tokenizer(tok_source)
@@ -99,8 +100,12 @@ def train(model, features, steps: int, every: int, lr=1e-3, batch=32, warmup=0, 
             if step % every == 0:
                 model.eval()
                 with torch.no_grad():
-                    correct, _ = score_boxes(model.fuse(*val[:4]), val[4])
-                curve.append({"step": step, "samples": step * batch, "val_accuracy": correct.float().mean().item()})
+                    pred = model.fuse(*val[:4])
+                correct, _ = score_boxes(pred, val[4])
+                # selection apart from precision: the predicted centre inside the target's box
+                inside = ((pred[:, :2] - val[4][:, :2]).abs() < val[4][:, 2:] / 2).all(1)
+                curve.append({"step": step, "samples": step * batch, "val_accuracy": correct.float().mean().item(),
+                              "val_centre_in_box": inside.float().mean().item()})
             if step >= steps:
                 break
     return {"settings": {"lr": lr, "batch": batch, "warmup": warmup, "seed": seed}, "curve": curve,

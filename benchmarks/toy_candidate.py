@@ -36,15 +36,9 @@ TOYS = {
 
 
 def toy_cache(toy: str) -> Path:
-    from harness.device import DEFAULT_CACHE
+    from fusion_levers import scene_cache
 
-    cache = DEFAULT_CACHE / "toys" / toy
-    cache.mkdir(parents=True, exist_ok=True)
-    shared = cache / "pretrained"
-    if not shared.exists():  # the stand-in encoders of the default cache, pretrained there once
-        (DEFAULT_CACHE / "pretrained").mkdir(parents=True, exist_ok=True)
-        shared.symlink_to(DEFAULT_CACHE / "pretrained", target_is_directory=True)
-    return cache
+    return scene_cache(toy, folder="toys")
 
 
 def apply_toy(toy: str) -> None:
