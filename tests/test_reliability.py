@@ -13,7 +13,7 @@ from datasets.synth import write_synthetic
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.recipe import build_recipe
-from harness.records import write_json_atomic
+from harness.records import portable, write_json_atomic
 from harness.run import RunConfig, run
 from methods import build_method
 
@@ -41,7 +41,7 @@ def test_a_synthetic_set_given_as_data_root_is_recorded_as_synthetic(synth_root,
                            output=str(tmp_path / "rec"), work_dir=str(tmp_path / "w"),
                            recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0}))
     assert record["data"] == "synthetic" and record["dataset_label"].startswith("synthetic")
-    assert record["data_desc"] == {"seed": 13, "images": 30, "root": str(synth_root)}
+    assert record["data_desc"] == {"seed": 13, "images": 30, "root": portable(synth_root)}
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -12,6 +12,7 @@ from harness.errors import HarnessError
 from harness.model import build_model
 from harness.checkpoint_eval import evaluate_checkpoint, load_checkpoint_for_eval
 from helpers import random_batch
+from harness.records import portable
 
 # our name prefix -> TransVG's
 TO_TRANSVG = (("visumodel.backbone.", "visumodel.backbone.0.body."), ("visumodel.encoder.", "visumodel.transformer.encoder."),
@@ -100,7 +101,7 @@ def test_run_starts_from_a_transvg_checkpoint(tiny_transvg, synth_root, tmp_path
                     init_checkpoint=str(path), device="cpu", output=str(tmp_path / "rec"), work_dir=str(tmp_path / "w"),
                     recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0})
     record = run(cfg)
-    assert record["weights"]["init_checkpoint"] == str(path) and record["weights"]["pretrained"] is True
+    assert record["weights"]["init_checkpoint"] == portable(path) and record["weights"]["pretrained"] is True
     assert "2 ignored" in record["weights"]["loaded"][0] and "0 missing" in record["weights"]["loaded"][0]
 
 
