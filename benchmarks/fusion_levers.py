@@ -46,7 +46,10 @@ def scene_cache(name: str, folder: str = "scenes"):
     cache.mkdir(parents=True, exist_ok=True)
     if not (cache / "pretrained").exists():
         (DEFAULT_CACHE / "pretrained").mkdir(parents=True, exist_ok=True)
-        (cache / "pretrained").symlink_to(DEFAULT_CACHE / "pretrained", target_is_directory=True)
+        try:
+            (cache / "pretrained").symlink_to(DEFAULT_CACHE / "pretrained", target_is_directory=True)
+        except FileExistsError:  # another probe of the same scenes made it first
+            pass
     return cache
 
 LEVERS = (
