@@ -78,6 +78,9 @@ LEVERS = (
     ("objects x1.5 + normalize_before + DETR's weights", {"scene": {"scale": 1.5, "objects": [3, 4]},
                                                           "fusion": {"normalize_before": True},
                                                           "loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
+    # the probe's pre-norm (no final LayerNorm) on the larger scenes: what the exploratory probe of issue 28 ran
+    ("objects x1.5 + pre-norm + DETR's weights", {"scene": {"scale": 1.5, "objects": [3, 4]}, "norm_first": True,
+                                                  "loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
     ("objects x1.5 + normalize_before + DETR's weights, 128 px", {"scene": {"scale": 1.5, "objects": [3, 4]},
                                                                    "fusion": {"normalize_before": True},
                                                                    "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
