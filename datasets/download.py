@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.errors import DataError
-from datasets.files import write_error
+from datasets.files import check_writable, write_error
 
 CHUNK = 1 << 20
 TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
@@ -150,13 +150,7 @@ def fetch_file(entry: dict, folder, *, mirror: str | None = None, from_dir=None,
             log(f"{name}: already here, verified")
             return target
         raise DataError(f"{target} exists but is not the expected file ({why}): move it away and fetch again")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".{name}.write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise DataError(f"cannot write to {folder} ({err.strerror or err}): choose a folder you can write to") from None
+    check_writable(folder, "choose a folder you can write to")
     part = folder / f"{name}.part"
     urls = ([f"{mirror.rstrip('/')}/{name}"] if mirror else []) + list(entry["urls"])
     failures = []

@@ -8,6 +8,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from datasets.errors import DataError
+
 
 def temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
     """tempfile.mkdtemp, but with the mode a plain mkdir gives (0777 less the umask: 0755 under umask 022), since the
@@ -55,6 +57,18 @@ def replace_entries(src: Path, dst: Path, entries) -> None:
 
 # how torch.save words a failed write (RuntimeError): its zip writer, its file stream
 TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "iostream error", "file write failed")
+
+
+def check_writable(folder, fix: str) -> None:
+    """Create `folder` and write a file in it now, so that a folder that cannot take the results fails before the
+    work, not after it (`fix`: what to do instead, e.g. "choose another --record")."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise DataError(f"cannot write to {folder}: {err.strerror}; {fix}") from None
 
 
 def write_error(err: BaseException, path, full: bool) -> OSError | None:

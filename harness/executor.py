@@ -281,7 +281,8 @@ def run_suite(name: str, variables: dict | None = None, workers: int | None = No
     `check(argv)`: refuses a job's command line before anything runs (the CLI's parser: a flag no command has)."""
     from harness.errors import HarnessError
     from harness.locks import FolderLock
-    from harness.records import check_writable, write_json_atomic
+    from datasets.files import check_writable
+    from harness.records import write_json_atomic
     from harness.suites import expand, load_suite
 
     suite = load_suite(name)

@@ -147,18 +147,6 @@ def write_atomic(path, write) -> Path:
     return path
 
 
-def check_writable(folder, fix: str) -> None:
-    """Create `folder` and write a file in it now, so that a folder that cannot take the results fails before the
-    work, not after it (`fix`: what to do instead, e.g. "choose another --record")."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise HarnessError(f"cannot write to {folder}: {err.strerror}; {fix}") from None
-
-
 def write_text_atomic(path, text: str) -> Path:
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from datasets.catalog import get_spec, resolve_paths
+from datasets.files import check_writable
 from datasets.rec import RECDataset
 from datasets.synth import DEFAULT_IMAGES as SYNTH_DEFAULT_IMAGES
 from datasets.synth import ensure_synthetic
@@ -157,7 +158,7 @@ def check_before_training(train_set, eval_sets: dict, folders) -> None:
         dataset.check_images(open_images=True)
     train_set.check_images(open_images=False)
     for folder in folders:
-        records.check_writable(folder, "choose another --output / --work-dir or free space")
+        check_writable(folder, "choose another --output / --work-dir or free space")
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
