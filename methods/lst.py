@@ -192,6 +192,17 @@ def _linear(side: nn.Linear, weight, bias) -> None:
     side.bias.copy_(bias)
 
 
+def _prune_chain(rows, chain):
+    """Each (side linear, backbone linear, (side LayerNorm, backbone LayerNorm) or None) in order: the linear reads
+    the columns its predecessor kept and keeps rows of its own; a LayerNorm after it takes those rows."""
+    for side_linear, full_linear, norms in chain:
+        (w,), (b,), rows = _prune([full_linear.weight], [full_linear.bias], rows, side_linear.out_features)
+        _linear(side_linear, w, b)
+        if norms is not None:
+            _norm(*norms, rows)
+    return rows
+
+
 @torch.no_grad()
 def prune_vision(ladder: VisionLadder, visumodel) -> None:
     proj = visumodel.input_proj.weight
@@ -202,14 +213,9 @@ def prune_vision(ladder: VisionLadder, visumodel) -> None:
         (q, k, v), (bq, bk, bv), rows = _prune([w[:d], w[d:2 * d], w[2 * d:]], [b[:d], b[d:2 * d], b[2 * d:]], rows, s)
         side.self_attn.in_proj_weight.copy_(torch.cat([q, k, v]))
         side.self_attn.in_proj_bias.copy_(torch.cat([bq, bk, bv]))
-        for side_linear, full_linear, n in ((side.self_attn.out_proj, full.self_attn.out_proj, s),
-                                            (side.linear1, full.linear1, side.linear1.out_features),
-                                            (side.linear2, full.linear2, s)):
-            (w,), (b,), rows = _prune([full_linear.weight], [full_linear.bias], rows, n)
-            _linear(side_linear, w, b)
-            if side_linear is side.self_attn.out_proj:
-                _norm(side.norm1, full.norm1, rows)
-        _norm(side.norm2, full.norm2, rows)
+        rows = _prune_chain(rows, ((side.self_attn.out_proj, full.self_attn.out_proj, (side.norm1, full.norm1)),
+                                   (side.linear1, full.linear1, None),
+                                   (side.linear2, full.linear2, (side.norm2, full.norm2))))
 
 
 @torch.no_grad()
@@ -222,16 +228,11 @@ def prune_language(ladder: LanguageLadder, bert) -> None:
                                        [fa.query.bias, fa.key.bias, fa.value.bias], rows, s)
         for linear, w, b in zip((sa.query, sa.key, sa.value), weights, biases):
             _linear(linear, w, b)
-        for side_linear, full_linear, norm in (
-                (side.attention.output.dense, full.attention.output.dense, "attention"),
-                (side.intermediate.dense, full.intermediate.dense, None),
-                (side.output.dense, full.output.dense, "output")):
-            (w,), (b,), rows = _prune([full_linear.weight], [full_linear.bias], rows, side_linear.out_features)
-            _linear(side_linear, w, b)
-            if norm == "attention":
-                _norm(side.attention.output.LayerNorm, full.attention.output.LayerNorm, rows)
-            elif norm == "output":
-                _norm(side.output.LayerNorm, full.output.LayerNorm, rows)
+        rows = _prune_chain(rows, (
+            (side.attention.output.dense, full.attention.output.dense,
+             (side.attention.output.LayerNorm, full.attention.output.LayerNorm)),
+            (side.intermediate.dense, full.intermediate.dense, None),
+            (side.output.dense, full.output.dense, (side.output.LayerNorm, full.output.LayerNorm))))
 
 
 @register
