@@ -21,7 +21,7 @@ def score_boxes(pred_cxcywh: torch.Tensor, gt_cxcywh: torch.Tensor, strict: bool
 
 def pack_outcomes(correct) -> str:
     """Per-expression hits (in index order) as hex of numpy.packbits: 1 bit per expression, what paired
-    statistics between methods need (harness/tables.py)."""
+    statistics between methods need (harness/stats.py)."""
     return np.packbits(np.asarray(correct, dtype=bool)).tobytes().hex()
 
 
@@ -32,7 +32,7 @@ def unpack_outcomes(hexed: str, n: int) -> np.ndarray:
 @torch.no_grad()
 def evaluate(model, loader, device, amp: bool = False, strict: bool = False) -> dict:
     """Acc@0.5, mIoU and n over the loader's split, and `outcomes`: every expression's hit in index order
-    (pack_outcomes). Under DDP each rank holds the shard rank, rank + world, ... (train.build_loader)."""
+    (pack_outcomes). Under DDP each rank holds the shard rank, rank + world, ... (engine.build_loader)."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, iou sum, count
     hits = []

@@ -35,15 +35,15 @@ def load_manifest(path=None) -> dict:
         files, datasets, weights = manifest["files"], manifest["datasets"], manifest["weights"]
         bad = next((k for k, e in files.items() if not (isinstance(e, dict) and e.get("name") and e.get("urls"))),
                    None)
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        used = [k for plan in datasets.values() for keys in plan.values() for k in keys] + [weights.get("vision")]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise HarnessError(f"manifest {path} is unreadable ({type(err).__name__}: {err}); it needs files, datasets "
                            "and weights sections (harness/manifest.yaml)") from None
     if bad is not None:
         raise HarnessError(f"manifest {path}: file entry {bad!r} needs a name and a list of urls")
-    for plan in list(datasets.values()) + [[weights.get("vision")]]:
-        for key in (k for keys in (plan.values() if isinstance(plan, dict) else [plan]) for k in keys):
-            if key not in files:
-                raise HarnessError(f"manifest {path} refers to {key!r}, which is not among its files")
+    missing = next((key for key in used if key not in files), None)
+    if missing is not None:
+        raise HarnessError(f"manifest {path} refers to {missing!r}, which is not among its files")
     return manifest
 
 

@@ -196,12 +196,15 @@ def main_tables(runs: list[dict], baselines: list[dict] = ()) -> list[tuple[str,
                 row[f"{_dataset_label(dataset, data)} {label}"] = _cell(values)
             rows.append(row)
         rows = _one_floor_row_where_the_rules_tie(rows)
-        table = pd.DataFrame(rows)
-        # a column only where some record has a value (the default suite runs one dataset of five)
-        table = table.loc[:, [c for c in table.columns if table[c].ne("").any()]]
+        table = _filled(pd.DataFrame(rows))  # the default suite runs one dataset of five
         heading = f"{'Synthetic data' if data == 'synthetic' else 'Real data'}, preset {preset}"
         out.append((heading, table, group))
     return out
+
+
+def _filled(table: pd.DataFrame) -> pd.DataFrame:
+    """Only the columns where some row has a value."""
+    return table.loc[:, [c for c in table.columns if table[c].ne("").any()]]
 
 
 def _one_floor_row_where_the_rules_tie(rows: list[dict]) -> list[dict]:
@@ -254,8 +257,7 @@ def difference_table(group: list[dict]) -> pd.DataFrame | None:
                      paired_difference(by_seed.get((method, dataset), []), by_seed.get((ref, dataset), []), split))
                 row[f"vs {ref}: {_dataset_label(dataset, data)} {label}"] = _difference_cell(d)
         rows.append(row)
-    table = pd.DataFrame(rows)
-    table = table.loc[:, [c for c in table.columns if c == "method" or table[c].ne("").any()]]
+    table = _filled(pd.DataFrame(rows))
     return table if len(table.columns) > 1 else None
 
 
