@@ -90,6 +90,11 @@ LEVERS = (
     ("objects x1.5 + pre-norm + DETR's weights, pretraining x4", {
         "scene": {"scale": 1.5, "objects": [3, 4]}, "norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
         "pretrain": {"vision_steps": 2000, "images": 8000}}),
+    *((f"objects x1.5 + pre-norm + DETR's weights, pretraining x4, {label}", {
+        "scene": {"scale": 1.5, "objects": [3, 4]}, "norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
+        "pretrain": {"vision_steps": 2000, "images": 8000}, **change})
+      for label, change in (("lr 3e-3", {"lr": 3e-3}), ("batch 16", {"batch": 16}),
+                            ("AdamW betas (0.9, 0.98)", {"betas": (0.9, 0.98)}))),
     ("objects x1.5 + normalize_before + DETR's weights, 128 px", {"scene": {"scale": 1.5, "objects": [3, 4]},
                                                                    "fusion": {"normalize_before": True},
                                                                    "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
