@@ -261,6 +261,47 @@ def difference_table(group: list[dict]) -> pd.DataFrame | None:
     return table if len(table.columns) > 1 else None
 
 
+SCHEDULE_RULE = (
+    "schedule check: from each run's val Acc@0.5 per epoch; leaves the plateau = the first epoch at >= the text-blind "
+    "floor's val + 10 points (of the epochs trained); converged = the best val is within 1 point of the mean val over "
+    "the last 20% of epochs; seed spread = sample std of the final val over seeds")
+
+
+def _schedule_figures(r: dict, threshold: float | None) -> tuple[str, float] | None:
+    """(epoch the run leaves the plateau, best val minus the mean over the last 20% of epochs), or None without a
+    val history."""
+    val = [100 * h["val_accuracy"] for h in (r.get("train") or {}).get("history") or [] if "val_accuracy" in h]
+    epochs = [h["epoch"] for h in r["train"]["history"] if "val_accuracy" in h] if val else []
+    if not val:
+        return None
+    exit_epoch = next((str(e) for e, v in zip(epochs, val) if threshold is not None and v >= threshold),
+                      "never" if threshold is not None else "-")
+    return f"{exit_epoch}/{r['train']['epoch']}", max(val) - statistics.fmean(val[-max(1, len(val) // 5):])
+
+
+def schedule_table(group: list[dict]) -> pd.DataFrame | None:
+    """Per row and dataset with a val history: when its seeds leave the fusion's loss plateau, whether they
+    converged, and the seed spread (SCHEDULE_RULE); None when no run has a history."""
+    floors = {}
+    for b in group:
+        if b["kind"] == "baseline" and b["status"] == "ok" and "val" in b["results"]:
+            floors[b["dataset"]] = max(floors.get(b["dataset"], 0.0), 100 * b["results"]["val"]["accuracy"])
+    rows = []
+    for (method, dataset), recs in sorted(_ok_by_row([r for r in group if r["kind"] == "run"]).items(),
+                                          key=lambda item: (method_order(item[0][0]), item[0][1])):
+        floor = floors.get(dataset)
+        figures = [f for f in (_schedule_figures(r, None if floor is None else floor + 10) for r in recs) if f]
+        if not figures:
+            continue
+        finals = [100 * r["results"]["val"]["accuracy"] for r in recs if "val" in r["results"]]
+        rows.append({"method": method, "dataset": dataset, "seeds": str(len(figures)),
+                     "leaves the plateau (epoch, per seed)": ", ".join(e for e, _ in figures),
+                     "best - last-20% mean (per seed)": ", ".join(f"{gap:.1f}" for _, gap in figures),
+                     "converged": f"{sum(gap <= 1 for _, gap in figures)}/{len(figures)}",
+                     "final val std": f"{statistics.stdev(finals):.1f}" if len(finals) > 1 else ""})
+    return _filled(pd.DataFrame(rows)) if rows else None
+
+
 def _distinct(values) -> str:
     return ", ".join(dict.fromkeys(values))
 
@@ -560,7 +601,7 @@ def build_tables(runs="results/runs", profiles="results/profile", out="results",
     mains = main_tables(all_runs + chosen, floors)
     used = [r for _, _, recs in mains for r in recs]
     text = provenance(
-        "Main results: Acc@0.5 (%)", used, [COUNTING, DIFFERENCE_RULE], command,
+        "Main results: Acc@0.5 (%)", used, [COUNTING, DIFFERENCE_RULE, SCHEDULE_RULE], command,
         "Columns named 'synthetic (X-style)' come from the generated synthetic set in X's index format; they "
         "are not RefCOCO / RefCOCO+ / RefCOCOg / ReferItGame results and must never be reported as such.") + how
     for heading, table, recs in mains:
@@ -569,6 +610,9 @@ def build_tables(runs="results/runs", profiles="results/profile", out="results",
         if differences is not None:
             text += f"\n### {heading}: differences to frozen and to full (Acc@0.5 points, 95% interval)\n\n"
             text += f"{_markdown(differences)}\n"
+        schedule = schedule_table(recs)
+        if schedule is not None:
+            text += f"\n### {heading}: schedule check\n\n{_markdown(schedule)}\n"
         bad = sorted(f"{r['run_id']} ({r['status']})" for r in recs if r["status"] != "ok")
         if bad:
             text += f"\nEmpty cells include runs that did not finish: {', '.join(bad)}.\n"

@@ -5,7 +5,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.records import SCHEMA_VERSION, validate_record, write_json_atomic
-from harness.tables import build_tables, efficiency_tables, main_tables, read_folder
+from harness.tables import build_tables, efficiency_tables, main_tables, read_folder, schedule_table
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PARAMS = {  # method -> (encoder-side trainable, all trainable, total)
@@ -198,6 +198,26 @@ def test_seeds_of_one_configuration_share_a_row_with_mean_std_and_n(tmp_path):
     assert table.set_index("method").loc["m2ist", "synthetic (RefCOCO-style) val"] == "60.00 ± 10.00 (n=3)"
 
 
+def test_schedule_check_gives_each_seeds_plateau_exit_convergence_and_the_seed_spread():
+    """Issue 28's criteria from the val curves: the first epoch at >= floor + 10 points, best val within 1 point
+    of the mean over the last 20% of epochs, and the sample std of the final val over seeds."""
+    floor = make_record("frozen", kind="baseline", acc=0.30)
+    runs = []
+    for seed, curve in ((13, [0.1, 0.2, 0.41, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]),  # leaves at 3, converged
+                        (14, [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.45, 0.5])):  # leaves at 9, still rising
+        r = make_record("m2ist", acc=curve[-1], tag=None if seed == 13 else f"seed{seed}")
+        r["recipe"]["seed"] = seed
+        r["train"] = {"epoch": 10, "history": [{"epoch": i + 1, "val_accuracy": v} for i, v in enumerate(curve)]}
+        runs.append(r)
+    row = schedule_table([*runs, floor]).set_index("method").loc["m2ist"]
+    assert row["leaves the plateau (epoch, per seed)"] == "3/10, 9/10"
+    assert row["best - last-20% mean (per seed)"] == "0.0, 2.5"
+    assert row["converged"] == "1/2"
+    assert row["final val std"] == "7.1"  # stdev(60, 50)
+    # without a floor record the exit cannot be told; the other columns stay
+    assert schedule_table(runs).set_index("method").loc["m2ist", "leaves the plateau (epoch, per seed)"] == "-/10, -/10"
+
+
 def test_record_text_cannot_add_columns_rows_or_markup_to_main_md(tmp_path):
     """A method name or tag with "|", a line break or <script> (a hand-made or foreign record) stays one cell."""
     PARAMS["a|b\nc<script>x</script>"] = PARAMS["zeta"]
@@ -209,7 +229,8 @@ def test_record_text_cannot_add_columns_rows_or_markup_to_main_md(tmp_path):
         build_tables(runs=runs, profiles=tmp_path / "none", out=tmp_path / "out")
     finally:
         del PARAMS["a|b\nc<script>x</script>"]
-    table = [line for line in (tmp_path / "out" / "main.md").read_text().splitlines() if line.startswith("|")]
+    text = (tmp_path / "out" / "main.md").read_text()
+    table = [line for line in text.split("\n## ")[1].split("\n### ")[0].splitlines() if line.startswith("|")]
     widths = {line.replace("\\|", "").count("|") for line in table}
     assert len(widths) == 1  # every row has the header's columns
     assert sum("a\\|b c&lt;script&gt;x&lt;/script&gt;" in line for line in table) == 1
@@ -264,7 +285,7 @@ def test_difference_tables_give_paired_intervals_and_mark_what_holds(tmp_path):
             write_json_atomic(runs / f"{record['run_id']}.json", record)
     build_tables(runs=runs, profiles=tmp_path / "none", out=tmp_path / "out")
     text = (tmp_path / "out" / "main.md").read_text()
-    section = text.split("differences to frozen and to full")[1]
+    section = text.split("differences to frozen and to full")[1].split("\n### ")[0]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in section.splitlines() if line.startswith("| ") and "method" not in line}
     header = [c.strip() for c in next(l for l in section.splitlines() if l.startswith("| method")).split("|")[2:-1]]
