@@ -4,7 +4,7 @@ categories and the same vocabulary (as COCO shares RefCOCO's categories and BERT
 
 Source scenes differ from the target scenes (synth_scenes.sample_scene) in every way that is not the
 category set: square or near-square canvases (the targets are 4:3 / 3:2), 4-7 objects of independently
-drawn shape and colour with sizes from a continuous range (the targets: 3-5 objects, two size classes, a
+drawn shape and colour with sizes from a continuous range (the targets: 3-4 objects, two size classes, a
 same-shape distractor and often a duplicate), fill colours jittered around the named ones, and a linear
 gradient with stripes as background (the targets: blotchy texture). Every object is labelled, none is referred.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness.records import portable, portable_text, validate_record, write_json_atomic
 
-CACHE_LAYOUT = re.compile(r"(?:/[^\s/:'\"]+)+?/((?:pretrained|synth-seed\d+-n\d+)(?:/[^\s:'\",]*)?)")
+CACHE_LAYOUT = re.compile(r"(?:/[^\s/:'\"]+)+?/((?:pretrained|synth-(?:v\d+-)?seed\d+-n\d+)(?:/[^\s:'\",]*)?)")
 SUITE_FILE = re.compile(r"(?:/[^\s/:'\"]+)+?/(suites/[\w.-]+\.ya?ml)")
 
 

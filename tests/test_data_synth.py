@@ -44,9 +44,9 @@ def test_layout_and_image_split_sizes(synth_root, data):
     assert (synth_root / "ln_data/other/images/mscoco/images/train2014/COCO_train2014_000000000001.jpg").is_file()
     assert (synth_root / "ln_data/referit/images/1.jpg").is_file()
     images = {split: len({r.image_file for r, _, _ in rows}) for split, rows in data["unc"].items()}
-    assert images == {"train": 21, "val": 3, "testA": 3, "testB": 3}  # 30 images: 70/10/10/10 %
+    assert images == {"train": 9, "val": 7, "testA": 7, "testB": 7}  # 30 images: 30/23.3/23.3/23.3 %
     assert {split: len({r.image_file for r, _, _ in rows}) for split, rows in data["gref_umd"].items()} == \
-        {"train": 21, "val": 3, "test": 6}
+        {"train": 9, "val": 7, "test": 14}  # 30/23.3/46.7 %
     paths = resolve_paths(synth_root)
     assert load_split(paths, "referit", "trainval") == load_split(paths, "referit", "train") + \
         load_split(paths, "referit", "val")
@@ -182,8 +182,9 @@ def test_ensure_synthetic_is_atomic_and_cached(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     root = synth.ensure_synthetic(tmp_path, seed=2, images=6)
-    assert root == tmp_path / "synth-seed2-n6" and (root / "data/unc/unc_train.pth").is_file()
+    name = f"synth-v{synth.GENERATOR_VERSION}-seed2-n6"  # the version in the name: an older set is never reused
+    assert root == tmp_path / name and (root / "data/unc/unc_train.pth").is_file()
     stamp = (root / "scenes.json").stat().st_mtime_ns
     assert synth.ensure_synthetic(tmp_path, seed=2, images=6) == root
     assert (root / "scenes.json").stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == ["synth-seed2-n6"]
+    assert [p.name for p in tmp_path.iterdir()] == [name]

@@ -240,9 +240,11 @@ def test_fusion_checkpointing_keeps_the_loss_and_every_gradient(method):
 
 
 @pytest.mark.parametrize("eager", [False, True])
-def test_normalize_before_is_transvg_forward_pre_with_the_final_norm(eager):
+@pytest.mark.parametrize("final_norm", [None, False])
+def test_normalize_before_is_transvg_forward_pre_with_the_final_norm(eager, final_norm):
     """FusionConfig.normalize_before = TransVG's vl_transformer switch (models/vl_transformer.py L105-121 and the
-    encoder_norm, @c862427), restated with plain tensor operations in float64."""
+    encoder_norm, @c862427), restated with plain tensor operations in float64; `final_norm: false` (the tiny
+    preset's) drops only the final LayerNorm."""
     from dataclasses import replace
 
     from harness.model import TransVG, get_config
@@ -250,9 +252,10 @@ def test_normalize_before_is_transvg_forward_pre_with_the_final_norm(eager):
 
     cfg = get_config("tiny", vocab_size=50)
     torch.manual_seed(0)
-    model = TransVG(replace(cfg, fusion=replace(cfg.fusion, normalize_before=True))).double().eval()
+    model = TransVG(replace(cfg, fusion=replace(cfg.fusion, normalize_before=True, final_norm=final_norm)))
+    model = model.double().eval()
     model.set_eager_attention(eager)
-    assert model.vl_transformer.norm is not None
+    assert (model.vl_transformer.norm is None) == (final_norm is False)
     gen = torch.Generator().manual_seed(1)
     v = torch.randn(2, cfg.visual_tokens, cfg.vision.d_model, generator=gen, dtype=torch.float64)
     t = torch.randn(2, cfg.max_query_len, cfg.language.hidden, generator=gen, dtype=torch.float64)
@@ -265,7 +268,7 @@ def test_normalize_before_is_transvg_forward_pre_with_the_final_norm(eager):
         h = ln(tokens, layer.norm1)
         tokens = tokens + mha(layer.self_attn, h + pos, h + pos, h, pad)
         tokens = tokens + lin(torch.relu(lin(ln(tokens, layer.norm2), layer.linear1)), layer.linear2)
-    out = ln(tokens, model.vl_transformer.norm)[:, 0]
+    out = (tokens if final_norm is False else ln(tokens, model.vl_transformer.norm))[:, 0]
     for j, linear in enumerate(model.bbox_embed.layers):
         out = lin(out, linear)
         out = torch.relu(out) if j < len(model.bbox_embed.layers) - 1 else out

@@ -89,18 +89,19 @@ class EncoderLayer(nn.Module):
 
 class Encoder(nn.Module):
     """A stack of layers: post-norm without a final norm (DETR's default), or with `normalize_before` pre-norm
-    layers and a final LayerNorm `norm` (DETR / TransVG: encoder_norm = LayerNorm if normalize_before else None).
+    layers and a final LayerNorm `norm` (DETR / TransVG: encoder_norm = LayerNorm if normalize_before else None);
+    `final_norm` overrides that rule (None = follow it).
 
     `checkpoint_layers`: activation checkpointing, one segment per layer (torch.utils.checkpoint, non-reentrant,
     RNG state preserved so dropout replays the same masks): a layer keeps only its input for backward and
     recomputes its activations there. Numerics unchanged; used for the V-L fusion (recipe `checkpoint_fusion`)."""
 
     def __init__(self, layers: int, d_model: int, heads: int, ffn: int, dropout: float,
-                 normalize_before: bool = False):
+                 normalize_before: bool = False, final_norm: bool | None = None):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(d_model, heads, ffn, dropout, normalize_before)
                                     for _ in range(layers))
-        self.norm = nn.LayerNorm(d_model) if normalize_before else None
+        self.norm = nn.LayerNorm(d_model) if (normalize_before if final_norm is None else final_norm) else None
         self.checkpoint_layers = False
         for p in self.parameters():  # DETR Transformer._reset_parameters
             if p.dim() > 1:
