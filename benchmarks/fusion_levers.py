@@ -1,36 +1,36 @@
 """Which levers shorten the tiny V-L fusion's plateau (issue 28): the probe of benchmarks/fusion_plateau.py (fusion,
 projections and head trained alone on cached features of the frozen stand-in encoders, synthetic unc, eval
-transform, AdamW at the tiny recipe's 1e-3, batch 32) under changes to the fusion, the loss, the data and the
-image size, each on several seeds (a single seed's plateau exit moves by hundreds of steps).
+transform, AdamW at the tiny recipe's 1e-3, batch 32, its loss weights) under changes to the fusion, the loss, the
+data, the stand-in pretraining and the optimiser, each on several seeds (a single seed's plateau exit moves by
+hundreds of steps).
 
     python benchmarks/fusion_levers.py [--steps 2000] [--seeds 0,1,2] [--workers 2] [--only LABEL ...]
 
 Resumable: a lever and seed already in the output file (at the same --steps and --every) is kept, not rerun; each
 probe's result names the commit it ran at.
 
-Levers that are not options of the model are applied here only, for the measurement: `norm_first` rewrites each
-fusion layer's forward as a pre-norm layer (x + attn(LN(x)), x + FFN(LN(x)); TransVG's fusion is post-norm) and
-`text_blind` zeroes the text features (what the fusion learns without the expression); `scene` changes the synthetic
-generator's object sizes and count (in a cache of its own); `pretrain` changes the stand-in pretraining's settings
-(harness.pretrain.PretrainConfig; pretrained once before the probes, cached). A changed `image_size` pretrains stand-in encoders at
-that size first (cached, minutes). Each result is val Acc@0.5 every `--every` steps and, in probes since the scene
-levers, the share of val expressions whose predicted centre lies inside the target's box (`val_centre_in_box`:
-finding the object apart from placing its box precisely).
+Each lever is one change to the tiny problem as committed: `fusion` / `image_size` change the tiny preset, `loss`
+the box-loss weights, `scene` the synthetic generator's object sides (a factor) and count (in a cache of its own),
+`pretrain` the stand-in pretraining's settings (harness.pretrain.PretrainConfig; pretrained once before the
+probes, cached), `text_blind` zeroes the text features (what the fusion learns without the expression). Each
+result is val Acc@0.5 every `--every` steps and the share of val expressions whose predicted centre lies inside
+the target's box (`val_centre_in_box`: finding the object apart from placing its box precisely).
+results/benchmarks/fusion_levers_v1.json holds the probes of the version-1 problem that chose version 2 (levers
+named against version 1: its post-norm fusion, 500-step pretraining and smaller objects; each probe names its commit).
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
-import types
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import datasets.synth_scenes as scenes
+from datasets.synth import GENERATOR_VERSION
 import harness.run
 from fusion_plateau import encoder_features, train
 from harness.model import config
@@ -56,56 +56,19 @@ def scene_cache(name: str, folder: str = "scenes"):
             pass
     return cache
 
+# Each lever changes the tiny problem as committed (version 2: issue 28's choices, each undone here) in one way.
 LEVERS = (
-    ("recipe (post-norm, 2 layers, d 64)", {}),
-    ("pre-norm fusion", {"norm_first": True}),
-    ("1 fusion layer", {"fusion": {"layers": 1}}),
-    ("4 fusion layers", {"fusion": {"layers": 4}}),
-    ("fusion d 128, FFN 256", {"fusion": {"d_model": 128, "ffn": 256}}),
-    ("L1 x5 + GIoU x2 (DETR's weights)", {"loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
-    ("AdamW betas (0.9, 0.98)", {"betas": (0.9, 0.98)}),
-    ("4x the training images (4,000)", {"images": 4000}),
-    ("128 px (4 x 4 visual tokens)", {"image_size": 128}),
-    ("224 px (7 x 7 visual tokens)", {"image_size": 224}),
+    ("the tiny problem as committed", {}),
     ("text-blind (text features zeroed)", {"text_blind": True}),
-    ("pre-norm + DETR's loss weights", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
-    ("pre-norm + DETR's weights, lr 3e-3", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
-                                            "lr": 3e-3}),
-    ("pre-norm + DETR's weights, lr 3e-4", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
-                                            "lr": 3e-4}),
-    ("pre-norm + DETR's weights, batch 8", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
-                                            "batch": 8}),
-    ("pre-norm + DETR's weights, 1 layer", {"norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
-                                            "fusion": {"layers": 1}}),
-    # the scenes: objects 1.5x larger (3-4 per scene so that they fit), alone and with the fusion levers
-    ("objects x1.5 (3-4 per scene)", {"scene": {"scale": 1.5, "objects": [3, 4]}}),
-    ("objects x1.5 + normalize_before + DETR's weights", {"scene": {"scale": 1.5, "objects": [3, 4]},
-                                                          "fusion": {"normalize_before": True},
-                                                          "loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
-    # the probe's pre-norm (no final LayerNorm) on the larger scenes: what the exploratory probe of issue 28 ran
-    ("objects x1.5 + pre-norm + DETR's weights", {"scene": {"scale": 1.5, "objects": [3, 4]}, "norm_first": True,
-                                                  "loss": {"l1_weight": 5.0, "giou_weight": 2.0}}),
-    # stand-in vision encoders pretrained 4x longer on 3.3x the source images (held-out box L1 is the visual
-    # tokens' localisation precision, which the fusion's box can hardly exceed)
-    ("objects x1.5 + pre-norm + DETR's weights, pretraining x4", {
-        "scene": {"scale": 1.5, "objects": [3, 4]}, "norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
-        "pretrain": {"vision_steps": 2000, "images": 8000}}),
-    *((f"objects x1.5 + pre-norm + DETR's weights, pretraining x4, {label}", {
-        "scene": {"scale": 1.5, "objects": [3, 4]}, "norm_first": True, "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
-        "pretrain": {"vision_steps": 2000, "images": 8000}, **change})
-      for label, change in (("lr 3e-3", {"lr": 3e-3}), ("batch 16", {"batch": 16}),
-                            ("AdamW betas (0.9, 0.98)", {"betas": (0.9, 0.98)}))),
-    ("objects x1.5 + normalize_before + DETR's weights, 128 px", {"scene": {"scale": 1.5, "objects": [3, 4]},
-                                                                   "fusion": {"normalize_before": True},
-                                                                   "loss": {"l1_weight": 5.0, "giou_weight": 2.0},
-                                                                   "image_size": 128}),
+    ("post-norm fusion (TransVG's default)", {"fusion": {"normalize_before": False}}),
+    ("with TransVG's final LayerNorm", {"fusion": {"final_norm": True}}),
+    ("TransVG's loss weights (L1 x1, GIoU x1)", {"loss": {"l1_weight": 1.0, "giou_weight": 1.0}}),
+    ("version-1 vision pretraining (500 steps, 2,400 images)", {"pretrain": {"vision_steps": 500, "images": 2400}}),
+    ("version-1 objects (2/3 the sides, 3-5 per scene)", {"scene": {"scale": 2 / 3, "objects": [3, 5]}}),
+    ("batch 16", {"batch": 16}),
+    ("lr 3e-3", {"lr": 3e-3}),
+    ("AdamW betas (0.9, 0.98)", {"betas": (0.9, 0.98)}),
 )
-
-
-def _pre_norm(self, src, pos, key_padding_mask, taps=None):
-    x = self.norm1(src)
-    src = src + self.self_attn(x + pos, x + pos, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
-    return src + self.linear2(F.relu(self.linear1(self.norm2(src))))
 
 
 def probe(label: str, lever: dict, seed: int, steps: int, every: int) -> dict:
@@ -119,16 +82,13 @@ def probe(label: str, lever: dict, seed: int, steps: int, every: int) -> dict:
         scale, objects = lever["scene"]["scale"], tuple(lever["scene"]["objects"])
         scenes.SIDES = {k: (round(a * scale), round(b * scale)) for k, (a, b) in SIDES.items()}
         scenes.OBJECTS = objects
-        cache = scene_cache(f"x{scale:g}-objects{objects[0]}-{objects[1]}")
+        cache = scene_cache(f"v{GENERATOR_VERSION}-x{scale:.3g}-objects{objects[0]}-{objects[1]}")
     harness.run.PretrainConfig = functools.partial(PretrainConfig, **lever.get("pretrain", {}))  # likewise
     make_model, features = encoder_features(images=lever.get("images"), cache_dir=cache)
     if lever.get("text_blind"):
         for split in features.values():
             split[2] = torch.zeros_like(split[2])
     model = make_model(seed)
-    if lever.get("norm_first"):
-        for layer in model.vl_transformer.layers:
-            layer.forward = types.MethodType(_pre_norm, layer)
     result = train(model, features, steps, every, seed=seed, betas=lever.get("betas", (0.9, 0.999)),
                    lr=lever.get("lr", 1e-3), batch=lever.get("batch", 32),
                    loss_weights=lever.get("loss", {}))
@@ -169,6 +129,7 @@ def main() -> None:
             entry["seeds"][str(seed)] = future.result()
             write_json_atomic(out, {  # after every probe: an interrupted benchmark resumes from here
                 "kind": "benchmark", "created_at": now(), "steps": args.steps, "every": args.every,
+                "generator_version": GENERATOR_VERSION,
                 "levers": results, "env": environment(torch.device("cpu")),
                 "what": __doc__.split("\n\n")[0].replace("\n", " ")})
 

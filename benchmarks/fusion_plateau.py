@@ -5,7 +5,8 @@ the tiny recipe's optimiser (AdamW, weight decay 1e-4, no schedule) under a few 
     python benchmarks/fusion_plateau.py [--steps 2000] [--out results/benchmarks/fusion_plateau.json]
 
 This is the `frozen` method without augmentation, about 10x cheaper per step than a run, so settings can be
-compared in minutes. Each setting reports val Acc@0.5 every `--every` steps; the question is when it leaves the
+compared in minutes. It measures the tiny problem as committed; results/benchmarks/fusion_plateau_v1.json is its
+output on the version-1 problem (generator version 1, before issue 28; the commit is in the file). Each setting reports val Acc@0.5 every `--every` steps; the question is when it leaves the
 plateau (Acc@0.5 of a few percent: the mean box) in steps and in samples seen.
 """
 from __future__ import annotations
@@ -75,9 +76,14 @@ def encoder_features(images: int | None = None, cache_dir=None):
 
 def train(model, features, steps: int, every: int, lr=1e-3, batch=32, warmup=0, seed=0, betas=(0.9, 0.999),
           loss_weights=None) -> dict:
+    """`loss_weights`: {l1_weight, giou_weight}, by default the tiny recipe's."""
     from harness.evaluate import score_boxes
     from harness.losses import rec_loss
     from harness.model.transvg import component_of
+    from harness.recipe import build_recipe
+
+    tiny = build_recipe("tiny", "unc")
+    loss_weights = {"l1_weight": tiny.l1_weight, "giou_weight": tiny.giou_weight, **(loss_weights or {})}
 
     params = [p for n, p in model.named_parameters() if component_of(n) in ("fusion", "head")]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, betas=betas)
@@ -91,7 +97,7 @@ def train(model, features, steps: int, every: int, lr=1e-3, batch=32, warmup=0, 
             idx = order[i:i + batch]
             model.train()
             boxes = model.fuse(*(x[idx] for x in train_set[:4]))
-            loss = rec_loss(boxes, train_set[4][idx], **(loss_weights or {}))["loss"]
+            loss = rec_loss(boxes, train_set[4][idx], **loss_weights)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
