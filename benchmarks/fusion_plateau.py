@@ -5,9 +5,10 @@ the tiny recipe's optimiser (AdamW, weight decay 1e-4, no schedule) under a few 
     python benchmarks/fusion_plateau.py [--steps 2000] [--out results/benchmarks/fusion_plateau.json]
 
 This is the `frozen` method without augmentation, about 10x cheaper per step than a run, so settings can be
-compared in minutes. It measures the tiny problem as committed; results/benchmarks/fusion_plateau_v1.json is its
-output on the version-1 problem (generator version 1, before issue 28; the commit is in the file). Each setting reports val Acc@0.5 every `--every` steps; the question is when it leaves the
-plateau (Acc@0.5 of a few percent: the mean box) in steps and in samples seen.
+compared in minutes. Each setting reports val Acc@0.5 every `--every` steps; the question is when it leaves the
+plateau (Acc@0.5 of a few percent: the mean box) in steps and in samples seen. It measures the tiny problem as
+committed; results/benchmarks/fusion_plateau_v1.json is its output on the version-1 problem (before issue 28;
+the commit is in the file).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ COLOURS = {
 # 36-46 px and a big one 64-80 px, 1.1-2.5 of the 5 x 5 visual tokens' 32-px cells. Generator version 2 (issue 28)
 # made them 1.5x larger (they were 24-53 px at input) with 3-4 objects instead of 3-5 so that they still fit: the
 # tiny fusion's plateau was mostly box precision (its predicted centre inside the target for 74% of val
-# expressions while 38% reached IoU 0.5; results/benchmarks/fusion_levers.json).
+# expressions while 38% reached IoU 0.5; results/benchmarks/fusion_levers_v1.json).
 SIDES = {"small": (54, 69), "big": (96, 120)}
 CANVASES = ((240, 180), (180, 240), (224, 168), (168, 224), (240, 160), (160, 240), (208, 176), (176, 208))
 OBJECTS = (3, 4)  # objects per scene, inclusive

@@ -68,7 +68,7 @@ class PretrainConfig:
     # vision: dense detection on source scenes
     # 2,000 steps on 8,000 images (issue 28; was 500 on 2,400): held-out box L1 0.044 -> 0.024 and shape accuracy
     # 0.83 -> 0.995; the REC fusion trained alone on these tokens reaches val Acc@0.5 84/42/80 after 64k samples
-    # (3 seeds) against 62/49/49 (results/benchmarks/fusion_levers.json, "pretraining x4")
+    # (3 seeds) against 62/49/49 (results/benchmarks/fusion_levers_v1.json, "pretraining x4")
     images: int = 8000  # rendered once, letterboxed at random scales; flipped at random while training
     vision_steps: int = 2000
     vision_batch: int = 32

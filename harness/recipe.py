@@ -47,7 +47,7 @@ class Recipe:
 RECIPES = {
     "paper": Recipe(),
     # Toy schedule for the tiny preset on synthetic data (minutes per run on 2 CPU cores), and what differs from the
-    # paper recipe, each for a measured reason (issue 28; results/benchmarks/fusion_levers.json, where the V-L fusion
+    # paper recipe, each for a measured reason (issue 28; results/benchmarks/fusion_levers_v1.json, where the V-L fusion
     # is trained alone on cached features of the frozen stand-in encoders):
     # - what starts from scratch (fusion, head, a method's modules) learns at 10x the method's rates to fit the
     #   short schedule; the encoders' own weights keep the method's rate (engine.build_optimizer);

@@ -89,8 +89,10 @@ PRESETS = {
         # with unit-scale positions the 46 tokens' attention starts position-bound and the fusion sits on a long
         # plateau (0.05 vs 0.19 after 4,000 steps).
         # Issue 28: pre-norm layers (TransVG's normalize_before; the paper preset keeps its post-norm default) without
-        # the final LayerNorm TransVG adds with them: on the fusion-alone probe (benchmarks/fusion_levers.py, 3
-        # seeds, 64k samples) pre-norm without it reached val Acc@0.5 62/49/49, with it 43/32/24, post-norm 40/34/18.
+        # the final LayerNorm TransVG adds with them: trained alone on cached encoder features (version-1 encoders,
+        # version-2 objects, DETR's loss weights; 3 seeds, 64k samples; results/benchmarks/fusion_levers_v1.json) the
+        # fusion reached val Acc@0.5 62/49/49 without it and 43/32/24 with it (post-norm, TransVG's loss weights:
+        # 40/34/18).
         fusion=FusionConfig(d_model=64, heads=8, ffn=128, layers=2, dropout=0.0, pos_embed_std=0.02,
                             normalize_before=True, final_norm=False),
     ),
