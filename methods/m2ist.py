@@ -62,6 +62,10 @@ Adaptations and why:
   model and this one agree to 2.2e-16 in float64 (reference/review-round3.md, where BERT's token-type row had to
   be zeroed by hand; tests/test_m2ist_released.py restates the released forward layer by layer and checks the
   same, with a non-zero token-type row that the default must ignore).
+- Variants (issue 28, item 5; the defaults are the released computation, methods/m2ist.yaml): `text_side_norms:
+  false` leaves out the frozen LN_att / LN_out the code applies to the language side terms, `side_terms: false`
+  keeps only the encoder inputs in the deltas (the adapters take no part), `input_features: false` keeps only the
+  side sums. tests/test_m2ist.py restates each against the hand computation.
 - Dimensions are the paper's at `paper` and derived elsewhere: b = round(bottleneck * d / 256), the language
   up-projection is h - d wide so [up || IEA] is h wide (a HarnessError when h <= d).
 - Learning rates as the code: adapters (the shared IEA included) at recipe `lr_encoder` 1e-5, fusion and head
@@ -95,6 +99,10 @@ class M2ISTConfig(MethodConfig):
     language_layers: Optional[int] = None  # None = the first half of the BERT layers
     double_layernorm: bool = True
     token_type_embedding: bool = False  # med.py's embedding has none; true = TransVG's BERT embedding
+    # Variants that take the released side computation apart (issue 28, item 5; the defaults are the released code):
+    text_side_norms: bool = True  # the language side terms through the layer's frozen LN_att / LN_out
+    side_terms: bool = True  # the adapters' sums in the deltas (side form); false = the encoder inputs alone
+    input_features: bool = True  # input_src / the embedding output in the deltas (side form)
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -105,9 +113,12 @@ class M2ISTConfig(MethodConfig):
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"{key} must be null or an integer >= 0, got {v!r}")
-        for key in ("double_layernorm", "token_type_embedding"):
+        for key in ("double_layernorm", "token_type_embedding", "text_side_norms", "side_terms", "input_features"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if self.form != "side" and not (self.side_terms and self.input_features):
+            raise ValueError("side_terms and input_features choose what the side form's deltas hold; the inline "
+                             f"forms have no side sum (form {self.form!r}): leave both true")
 
 
 # ---- the adapter pieces ---------------------------------------------------------------------------------
@@ -145,7 +156,7 @@ class LanguageInteractive(nn.Module):
     """Language MHA branch: LN_att_i(cat[text_upsample_i(dd), IEA_i(dd)]), dd = ReLU(text_downsample_i(z));
     LN_att_i is the layer's frozen attention LayerNorm, held by reference."""
 
-    def __init__(self, h: int, d: int, bottleneck: int, iea: nn.Linear, att_norm: nn.LayerNorm):
+    def __init__(self, h: int, d: int, bottleneck: int, iea: nn.Linear, att_norm: nn.LayerNorm | None):
         super().__init__()
         self.down = nn.Linear(h, bottleneck)
         self.up = nn.Linear(bottleneck, h - d)
@@ -154,22 +165,27 @@ class LanguageInteractive(nn.Module):
 
     def forward(self, z):
         dd = F.relu(self.down(z))
-        return self._frozen[0](torch.cat([self.up(dd), self.iea(dd)], dim=-1))
+        out = torch.cat([self.up(dd), self.iea(dd)], dim=-1)
+        return out if self._frozen[0] is None else self._frozen[0](out)
 
 
 class M3ISA(nn.Module):
     """All M2IST parameters; in the side form it is `model.side` and its forward gives the two deltas."""
 
-    def __init__(self, d: int, h: int, bottleneck: int, vision_layers: int, language_layers):
+    def __init__(self, d: int, h: int, bottleneck: int, vision_layers: int, language_layers,
+                 text_side_norms: bool = True, side_terms: bool = True, input_features: bool = True):
         super().__init__()
         # language_layers: the adapted BERT layers (their frozen LayerNorms are referenced, not registered)
+        self.side_terms, self.input_features = side_terms, input_features
         n_shared = max(vision_layers, len(language_layers))
         self.iea = nn.ModuleList(nn.Linear(bottleneck, d) for _ in range(n_shared))  # registered first: canonical names
         self.vis_mha = nn.ModuleList(VisionInteractive(d, bottleneck, self.iea[i]) for i in range(vision_layers))
         self.vea = nn.ModuleList(IntraAdapter(d, bottleneck) for _ in range(vision_layers))
-        self.txt_mha = nn.ModuleList(LanguageInteractive(h, d, bottleneck, self.iea[i], layer.attention.output.LayerNorm)
-                                     for i, layer in enumerate(language_layers))
-        self.lea = nn.ModuleList(IntraAdapter(h, bottleneck, layer.output.LayerNorm) for layer in language_layers)
+        self.txt_mha = nn.ModuleList(
+            LanguageInteractive(h, d, bottleneck, self.iea[i], layer.attention.output.LayerNorm if text_side_norms
+                                else None) for i, layer in enumerate(language_layers))
+        self.lea = nn.ModuleList(IntraAdapter(h, bottleneck, layer.output.LayerNorm if text_side_norms else None)
+                                 for layer in language_layers)
         self.h1_tap = "attn_out"  # H1_TAP when the double LayerNorm moves the main path off h1
 
     def reset_parameters(self, std: float):
@@ -195,9 +211,14 @@ class M3ISA(nn.Module):
         """(vision_delta, language_delta) from the frozen encoders' taps (side form)."""
         if vis.taps is None or txt.taps is None:
             raise HarnessError("M2IST side form needs the encoders' taps: the model records them when model.side is set")
-        v_sum = sum(self.vis_mha[i](t["attn"]) + self.vea[i](t["ffn"]) for i, t in enumerate(vis.taps[:len(self.vea)]))
-        t_sum = sum(self.txt_mha[i](t[self.h1_tap]) + self.lea[i](t["ffn"]) for i, t in enumerate(txt.taps[:len(self.lea)]))
-        return v_sum + vis.inputs, t_sum + txt.inputs
+        v = vis.inputs if self.input_features else torch.zeros_like(vis.inputs)
+        t = txt.inputs if self.input_features else torch.zeros_like(txt.inputs)
+        if self.side_terms:  # false: the adapters exist (and are counted) but take no part
+            v = v + sum(self.vis_mha[i](x["attn"]) + self.vea[i](x["ffn"])
+                        for i, x in enumerate(vis.taps[:len(self.vea)]))
+            t = t + sum(self.txt_mha[i](x[self.h1_tap]) + self.lea[i](x["ffn"])
+                        for i, x in enumerate(txt.taps[:len(self.lea)]))
+        return v, t
 
 
 class M2ISTSlot(nn.Module):
@@ -273,7 +294,8 @@ class M2IST(Method):
         freeze_encoders(model)  # both encoders frozen (their LayerNorms included); fusion and head train
         model.textmodel.token_type_embedding = cfg.token_type_embedding
         ref = model.visu_proj.weight
-        m3isa = M3ISA(d, h, b, n_vis, list(txt_layers)[:n_txt])
+        m3isa = M3ISA(d, h, b, n_vis, list(txt_layers)[:n_txt], cfg.text_side_norms, cfg.side_terms,
+                      cfg.input_features)
         m3isa.reset_parameters(model.textmodel.bert.config.initializer_range)
         m3isa.to(device=ref.device, dtype=ref.dtype)
         m3isa.requires_grad_(True)

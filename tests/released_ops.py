@@ -56,15 +56,26 @@ def vision_input(model, image, image_mask):
     return F.conv2d(feat, proj.weight, proj.bias).flatten(2).transpose(1, 2), pos, vmask.flatten(1)
 
 
+def pre_norm_layer(layer, src, pos, pad):
+    """TransVG forward_pre (its normalize_before switch, models/vl_transformer.py L105-121 @c862427)."""
+    h = ln(src, layer.norm1)
+    x1 = src + mha(layer.self_attn, h + pos, h + pos, h, pad)
+    return x1 + lin(F.relu(lin(ln(x1, layer.norm2), layer.linear1)), layer.linear2)
+
+
 def fusion_boxes(model, text, tpad, visual, vmask):
-    """TransVG's fusion and head: [REG] + projected text + visual tokens, post-norm layers, MLP + sigmoid."""
+    """TransVG's fusion and head: [REG] + projected text + visual tokens, post-norm layers (or, as the tiny preset
+    sets it, forward_pre layers, with the final LayerNorm where the model has one), MLP + sigmoid."""
     bsz = text.shape[0]
     tokens = torch.cat([model.reg_token.weight.expand(bsz, -1, -1), lin(text, model.text_proj),
                         lin(visual, model.visu_proj)], 1)
     pad = torch.cat([torch.zeros(bsz, 1, dtype=torch.bool), tpad, vmask], 1)
     vl_pos = model.vl_pos_embed.weight.unsqueeze(0).expand(bsz, -1, -1)
     for layer in model.vl_transformer.layers:
-        tokens = post_norm_layer(layer, tokens, vl_pos, pad)[3]
+        tokens = (pre_norm_layer(layer, tokens, vl_pos, pad) if layer.normalize_before
+                  else post_norm_layer(layer, tokens, vl_pos, pad)[3])
+    if model.vl_transformer.norm is not None:
+        tokens = ln(tokens, model.vl_transformer.norm)
     out = tokens[:, 0]
     for j, linear in enumerate(model.bbox_embed.layers):
         out = lin(out, linear)

@@ -89,6 +89,8 @@ def test_tiny_dimensions_are_derived():
 def test_impossible_settings_are_clear_errors():
     with pytest.raises(HarnessError, match="form"):
         build_method("m2ist", {"form": "inline"})
+    with pytest.raises(HarnessError, match="no side sum"):
+        build_method("m2ist", {"form": "parallel", "side_terms": False})
     with pytest.raises(HarnessError, match="vision_layers"):
         apply_method(build_method("m2ist", {"vision_layers": 3}), tiny_model())
     cfg = get_config("tiny", vocab_size=64)
@@ -215,17 +217,22 @@ def _intra(z, a):
     return 0.1 * _lin(F.relu(_lin(_ln(z, a.norm), a.down)), a.up)
 
 
-def manual_deltas(model, vis, txt, h1_key="attn_out"):
+def manual_deltas(model, vis, txt, h1_key="attn_out", text_side_norms=True, side_terms=True, input_features=True):
+    """The released side computation (trans_vg_lt.py forward), with the item-5 variants switched off or on."""
     side = model.side
-    dv = vis.inputs.clone()
+    frozen_ln = _ln if text_side_norms else (lambda x, mod: x)
+    dv = vis.inputs.clone() if input_features else torch.zeros_like(vis.inputs)
+    dt = txt.inputs.clone() if input_features else torch.zeros_like(txt.inputs)
+    if not side_terms:
+        return dv, dt
     for i, taps in enumerate(vis.taps):
         dv = dv + _lin(F.relu(_lin(taps["attn"], side.vis_mha[i].down)), side.iea[i]) + _intra(taps["ffn"], side.vea[i])
-    dt = txt.inputs.clone()
     for i in range(len(side.txt_mha)):
         taps, layer = txt.taps[i], model.encoder_layers("language")[i]
         dd = F.relu(_lin(taps[h1_key], side.txt_mha[i].down))
-        m = _ln(torch.cat([_lin(dd, side.txt_mha[i].up), _lin(dd, side.iea[i])], -1), layer.attention.output.LayerNorm)
-        l_ = _ln(_intra(taps["ffn"], side.lea[i]), layer.output.LayerNorm)
+        m = frozen_ln(torch.cat([_lin(dd, side.txt_mha[i].up), _lin(dd, side.iea[i])], -1),
+                      layer.attention.output.LayerNorm)
+        l_ = frozen_ln(_intra(taps["ffn"], side.lea[i]), layer.output.LayerNorm)
         dt = dt + m + l_
     return dv, dt
 
@@ -239,15 +246,19 @@ def manual_head(model, v_feat, t_feat, v_mask, t_mask):
     return model.bbox_embed(hs[:, 0]).sigmoid()
 
 
+VARIANTS = [{}, {"text_side_norms": False}, {"side_terms": False}, {"input_features": False}]
+
+
 @pytest.mark.parametrize("double_layernorm", [False, True])
-def test_forward_matches_hand_computation(double_layernorm):
-    model = m2ist_model(double_layernorm=double_layernorm).eval()
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(v) or "released")
+def test_forward_matches_hand_computation(double_layernorm, variant):
+    model = m2ist_model(double_layernorm=double_layernorm, **variant).eval()
     seen = capture_side(model)
     image, image_mask, word_ids, word_mask, _ = random_batch(model)
     with torch.no_grad():
         out = model(image, image_mask, word_ids, word_mask)
         vis, txt = seen["vis"], seen["txt"]
-        dv, dt = manual_deltas(model, vis, txt, H1_TAP if double_layernorm else "attn_out")
+        dv, dt = manual_deltas(model, vis, txt, H1_TAP if double_layernorm else "attn_out", **variant)
         torch.testing.assert_close(seen["deltas"][0], dv)
         torch.testing.assert_close(seen["deltas"][1], dt)
         torch.testing.assert_close(out, manual_head(model, vis.features + dv, txt.features + dt, vis.mask, txt.mask))
@@ -296,3 +307,17 @@ def test_apply_method_accepts_and_applies_once():
     assert isinstance(m2ist_model(double_layernorm=True).encoder_layers("language")[0].attention.output.adapter, M2ISTSlot)
     with pytest.raises(HarnessError, match="already"):
         apply_method(build_method("m2ist"), model)
+
+
+def test_variants_train_what_they_use():
+    """Without the side terms no adapter gets a gradient (they take no part; the count keeps them), the fusion
+    still does; without the input features or the text-side norms every adapter still trains."""
+    batch = random_batch(m2ist_model())
+    for variant, adapters_train in (({"side_terms": False}, False), ({"input_features": False}, True),
+                                    ({"text_side_norms": False}, True)):
+        model = m2ist_model(**variant)
+        assert count_parameters(model)["encoder_side_trainable"] == TINY_TUNABLE
+        l1_loss(model, batch).backward()
+        grads = [p.grad is not None and p.grad.abs().sum() > 0 for p in model.side.parameters()]
+        assert all(grads) if adapters_train else not any(grads), variant
+        assert model.visu_proj.weight.grad.abs().sum() > 0

@@ -58,7 +58,7 @@ def released_boxes(model, image, image_mask, word_ids, word_mask):
         h = ln(f + main, layer.output.LayerNorm)
     txt_delta = txt_sum + embedding_output
 
-    # ---- fusion: [REG] + text + visual tokens, 6 post-norm layers, MLP + sigmoid on [REG]
+    # ---- fusion: [REG] + text + visual tokens through the V-L layers, MLP + sigmoid on [REG]
     return fusion_boxes(model, h + txt_delta, tpad, x + vis_delta, vmask)
 
 
