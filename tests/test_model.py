@@ -240,37 +240,28 @@ def test_fusion_checkpointing_keeps_the_loss_and_every_gradient(method):
 
 
 @pytest.mark.parametrize("eager", [False, True])
-@pytest.mark.parametrize("final_norm", [None, False])
-def test_normalize_before_is_transvg_forward_pre_with_the_final_norm(eager, final_norm):
-    """FusionConfig.normalize_before = TransVG's vl_transformer switch (models/vl_transformer.py L105-121 and the
-    encoder_norm, @c862427), restated with plain tensor operations in float64; `final_norm: false` (the tiny
-    preset's) drops only the final LayerNorm."""
+@pytest.mark.parametrize("normalize_before, final_norm", [(False, None), (True, None), (True, False)])
+def test_fusion_is_transvg_forward_post_or_forward_pre_with_the_final_norm(eager, normalize_before, final_norm):
+    """The V-L fusion as TransVG's vl_transformer (models/vl_transformer.py @c862427): post-norm layers (the paper
+    preset), or with its normalize_before switch pre-norm layers (L105-121) and the final encoder_norm, restated with
+    plain tensor operations in float64 (released_ops); `final_norm: false` (the tiny preset's) drops only the
+    final LayerNorm."""
     from dataclasses import replace
 
     from harness.model import TransVG, get_config
-    from released_ops import ln, lin, mha
+    from released_ops import fusion_boxes
 
     cfg = get_config("tiny", vocab_size=50)
     torch.manual_seed(0)
-    model = TransVG(replace(cfg, fusion=replace(cfg.fusion, normalize_before=True, final_norm=final_norm)))
-    model = model.double().eval()
+    fusion = replace(cfg.fusion, normalize_before=normalize_before, final_norm=final_norm)
+    model = TransVG(replace(cfg, fusion=fusion)).double().eval()
     model.set_eager_attention(eager)
-    assert (model.vl_transformer.norm is None) == (final_norm is False)
+    assert (model.vl_transformer.norm is None) == (not normalize_before or final_norm is False)
+    assert all(layer.normalize_before == normalize_before for layer in model.vl_transformer.layers)
     gen = torch.Generator().manual_seed(1)
     v = torch.randn(2, cfg.visual_tokens, cfg.vision.d_model, generator=gen, dtype=torch.float64)
     t = torch.randn(2, cfg.max_query_len, cfg.language.hidden, generator=gen, dtype=torch.float64)
     v_mask = torch.zeros(2, cfg.visual_tokens, dtype=torch.bool)
     t_mask = torch.arange(cfg.max_query_len).expand(2, -1) >= torch.tensor([[5], [9]])
-    tokens = torch.cat([model.reg_token.weight.expand(2, -1, -1), lin(t, model.text_proj), lin(v, model.visu_proj)], 1)
-    pad = torch.cat([torch.zeros(2, 1, dtype=torch.bool), t_mask, v_mask], 1)
-    pos = model.vl_pos_embed.weight.expand(2, -1, -1)
-    for layer in model.vl_transformer.layers:
-        h = ln(tokens, layer.norm1)
-        tokens = tokens + mha(layer.self_attn, h + pos, h + pos, h, pad)
-        tokens = tokens + lin(torch.relu(lin(ln(tokens, layer.norm2), layer.linear1)), layer.linear2)
-    out = (tokens if final_norm is False else ln(tokens, model.vl_transformer.norm))[:, 0]
-    for j, linear in enumerate(model.bbox_embed.layers):
-        out = lin(out, linear)
-        out = torch.relu(out) if j < len(model.bbox_embed.layers) - 1 else out
     with torch.no_grad():
-        assert (model.fuse(v, v_mask, t, t_mask) - out.sigmoid()).abs().max() < 1e-12
+        assert (model.fuse(v, v_mask, t, t_mask) - fusion_boxes(model, t, t_mask, v, v_mask)).abs().max() < 1e-12
