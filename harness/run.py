@@ -258,6 +258,8 @@ def run(cfg: RunConfig) -> dict:
                 "data_desc": data_desc}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        # the code this process imported: a commit made while it trains must not be named as what ran
+        env = records.environment(device)
 
         def make_record(status: str, results: dict, error: str | None = None) -> dict:
             return {
@@ -273,7 +275,7 @@ def run(cfg: RunConfig) -> dict:
                             "pretrained": bool(cfg.vision_weights or cfg.language_weights or cfg.init_checkpoint),
                             "source": weights_source(cfg.vision_weights, cfg.language_weights),
                             "loaded": [records.portable_text(r.summary()) for r in load_reports]},
-                "env": records.environment(device), "world_size": world, "params": params, "flops": flops,
+                "env": env, "world_size": world, "params": params, "flops": flops,
                 "memory": memory_figures(device, state), "time": time_figures(state, recipe, len(train_set)),
                 "results": results, "train": {k: state[k] for k in ("epoch", "step", "best", "history")},
                 "status": status, "error": error, "created_at": records.now(),

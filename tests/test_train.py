@@ -256,3 +256,15 @@ def test_recipe_loss_weights_reach_the_training_loss(cache, tmp_path, monkeypatc
     assert seen == [(5.0, 2.0)]
     with pytest.raises(HarnessError, match="l1_weight must be >= 0"):
         build_recipe("tiny", "unc", {"l1_weight": -1.0})
+
+
+def test_the_record_names_the_code_the_run_started_with(cache, tmp_path, monkeypatch):
+    """A commit made while a run trains is not what ran: the record keeps the git state read before training."""
+    import harness.records as records_mod
+
+    state = {"commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(records_mod, "git_state", lambda cwd=None: dict(state))
+    monkeypatch.setattr(engine_mod, "rec_loss", lambda *a: state.update(commit="b" * 40) or rec_loss(*a))
+    record = run(config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 4,
+                                                           "num_workers": 0}))
+    assert state["commit"] == "b" * 40 and record["env"]["git"]["commit"] == "a" * 40
