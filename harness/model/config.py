@@ -48,10 +48,6 @@ class FusionConfig:
     # the fusion's final LayerNorm: None = TransVG's rule (encoder_norm = LayerNorm if normalize_before else None)
     final_norm: bool | None = None
 
-    @property
-    def has_final_norm(self) -> bool:
-        return self.normalize_before if self.final_norm is None else self.final_norm
-
 
 @dataclass(frozen=True)
 class ModelConfig:

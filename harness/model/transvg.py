@@ -53,7 +53,7 @@ class TransVG(nn.Module):
         if cfg.fusion.pos_embed_std is not None:
             nn.init.normal_(self.vl_pos_embed.weight, std=cfg.fusion.pos_embed_std)
         self.vl_transformer = Encoder(cfg.fusion.layers, d, cfg.fusion.heads, cfg.fusion.ffn, cfg.fusion.dropout,
-                                      cfg.fusion.normalize_before, cfg.fusion.has_final_norm)
+                                      cfg.fusion.normalize_before, cfg.fusion.final_norm)
         self.bbox_embed = MLP(d, d, 4, 3)
         self.side: nn.Module | None = None
         self.encoders_need_grad = True
