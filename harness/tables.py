@@ -267,14 +267,29 @@ SCHEDULE_RULE = (
     "the last 20% of epochs; seed spread = sample std of the final val over seeds")
 
 
+def _val_curve(r: dict) -> list[tuple[int, float]]:
+    """(epoch, val Acc@0.5 %) at every validation of a run record; empty without a history."""
+    history = (r.get("train") or {}).get("history") or []
+    return [(h["epoch"], 100 * h["val_accuracy"]) for h in history if "val_accuracy" in h]
+
+
+def _val_floors(records: list[dict]) -> dict:
+    """dataset -> the best text-blind rule's val Acc@0.5 (%) among the baseline records."""
+    floors = {}
+    for b in records:
+        if b["kind"] == "baseline" and b["status"] == "ok" and "val" in b["results"]:
+            floors[b["dataset"]] = max(floors.get(b["dataset"], 0.0), 100 * b["results"]["val"]["accuracy"])
+    return floors
+
+
 def _schedule_figures(r: dict, threshold: float | None) -> tuple[str, float] | None:
     """(epoch the run leaves the plateau, best val minus the mean over the last 20% of epochs), or None without a
     val history."""
-    val = [100 * h["val_accuracy"] for h in (r.get("train") or {}).get("history") or [] if "val_accuracy" in h]
-    epochs = [h["epoch"] for h in r["train"]["history"] if "val_accuracy" in h] if val else []
-    if not val:
+    curve = _val_curve(r)
+    if not curve:
         return None
-    exit_epoch = next((str(e) for e, v in zip(epochs, val) if threshold is not None and v >= threshold),
+    val = [v for _, v in curve]
+    exit_epoch = next((str(e) for e, v in curve if threshold is not None and v >= threshold),
                       "never" if threshold is not None else "-")
     return f"{exit_epoch}/{r['train']['epoch']}", max(val) - statistics.fmean(val[-max(1, len(val) // 5):])
 
@@ -282,10 +297,7 @@ def _schedule_figures(r: dict, threshold: float | None) -> tuple[str, float] | N
 def schedule_table(group: list[dict]) -> pd.DataFrame | None:
     """Per row and dataset with a val history: when its seeds leave the fusion's loss plateau, whether they
     converged, and the seed spread (SCHEDULE_RULE); None when no run has a history."""
-    floors = {}
-    for b in group:
-        if b["kind"] == "baseline" and b["status"] == "ok" and "val" in b["results"]:
-            floors[b["dataset"]] = max(floors.get(b["dataset"], 0.0), 100 * b["results"]["val"]["accuracy"])
+    floors = _val_floors(group)
     rows = []
     for (method, dataset), recs in sorted(_ok_by_row([r for r in group if r["kind"] == "run"]).items(),
                                           key=lambda item: (method_order(item[0][0]), item[0][1])):
@@ -530,17 +542,15 @@ def curves_figure(mains):
         # grid values), so that a method's rows read as a family.
         styles = {}
         for r in runs:
-            history = (r.get("train") or {}).get("history") or []
-            points = [(h["epoch"], 100 * h["val_accuracy"]) for h in history if "val_accuracy" in h]
+            points = _val_curve(r)
             if points:
                 n = styles[r["method"]] = styles.get(r["method"], -1) + 1
                 ax.plot(*zip(*points), marker="o" if len(points) < 3 else None, label=row_name(r),
                         color=method_colour(r["method"]), ls=LINE_STYLES[n % len(LINE_STYLES)])
                 drawn = True
-        floors = [r["results"]["val"]["accuracy"] for r in recs
-                  if r["kind"] == "baseline" and r["dataset"] == "unc" and "val" in r["results"]]
-        if drawn and floors:
-            _floor_line(ax, 100 * max(floors))
+        floor = _val_floors(recs).get("unc")
+        if drawn and floor is not None:
+            _floor_line(ax, floor)
         if drawn:
             loud = "SYNTHETIC DATA - " if recs[0]["data"] == "synthetic" else ""
             _fit_title(ax, f"{loud}{heading}: val Acc@0.5 per epoch ({_dataset_label('unc', recs[0]['data'])})\n"
