@@ -10,7 +10,9 @@
 #                                                       over a grid, then 3 seeds of the choice -> results/sweep/
 #   ./run_all.sh --random-init [--epochs N] [--force]   suite random-init -> results/random_init/
 #   ./run_all.sh --transfer [--epochs N] [--force]      suite transfer: every method on unc with the full tiny
-#                                                       recipe (50 epochs), stand-in and random encoders
+#                                                       recipe (50 epochs) from random encoders -> results/transfer/
+#   ./run_all.sh --m2ist-variants [--epochs N] [--force] suite m2ist-variants: M2IST's released default and its three
+#                                                       variants, 3 seeds each, on unc -> rows of results/main.md
 #   ./run_all.sh --efficiency                           suite efficiency: paper-preset profiles on CUDA, batch 64,
 #                                                       fp32 + bf16, optimized and released runtimes
 #   ./run_all.sh --paper --data-root DIR --weights DIR  suite paper: real data, paper recipe; DIR of weights holds
@@ -30,12 +32,13 @@ while [ $# -gt 0 ]; do
         --paper) suite=paper ;;
         --random-init) suite=random-init ;;
         --transfer) suite=transfer ;;
+        --m2ist-variants) suite=m2ist-variants ;;
         --data-root|--weights|--epochs)
             [ $# -ge 2 ] || { echo "error: $1 needs a value (see ./run_all.sh --help)" >&2; exit 2; }
             case "$1" in --data-root) data_root="$2" ;; --weights) weights="$2" ;; --epochs) epochs="$2" ;; esac
             shift ;;
         --) shift; extra+=("$@"); break ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see ./run_all.sh --help)" >&2; exit 2 ;;
     esac
     shift

@@ -54,10 +54,15 @@ GRID_TAG = re.compile(r" \[(\w+)-(\d[\d.e+-]*)\]$")  # a `--set key=value` run's
 LINE_STYLES = ("-", "--", ":", "-.")  # curves: a method's rows in order (published first, then selected or grid)
 
 
+def _base(name: str) -> str:
+    """The method of a row: "m2ist [side_terms-false]" and "lora (selected on val)" -> their method's row name."""
+    return name.split(" [")[0].removesuffix(SELECTED_SUFFIX)
+
+
 def method_order(name: str):
     """full, frozen, the other methods alphabetically, m2ist, then the text-blind floor rows; a variant or the
     configuration selected on val follows its method, the points of a grid in numeric order."""
-    base = name.split(" [")[0].removesuffix(SELECTED_SUFFIX)
+    base = _base(name)
     grid = GRID_TAG.search(name)
     tag = (grid.group(1), float(grid.group(2))) if grid else ("", 0.0)
     return (4 if base.startswith(FLOOR) else {"full": 0, "frozen": 1, "m2ist": 3}.get(base, 2), base,
@@ -232,8 +237,9 @@ REFERENCES = ("frozen", "full")
 DIFFERENCE_RULE = (
     "difference tables: Acc@0.5 points of the row minus the reference row (frozen: the floor every PETL method must "
     "beat; full: fine-tuning), on the same eval expressions and the seeds both rows have; [low, high] = 95% paired "
-    "bootstrap interval over expressions (harness/stats.py); * = the interval excludes 0, the difference holds. Seed "
-    "spread is the main table's +- std.")
+    "bootstrap interval over expressions (harness/stats.py); * = the interval excludes 0, the difference holds; vs "
+    "default (where a table has variant rows, `method [tag]`): the variant minus its method's own row. Seed spread "
+    "is the main table's +- std.")
 
 
 def _difference_cell(d) -> str:
@@ -248,13 +254,17 @@ def difference_table(group: list[dict]) -> pd.DataFrame | None:
     by_seed = _ok_by_row([r for r in group if r["kind"] == "run"])
     data = group[0]["data"]
     splits = [s for s in MAIN_SPLITS if any(d == s[0] for _, d in by_seed)]
+    names = sorted({m for m, _ in by_seed}, key=method_order)
+    # a variant (`method [tag]`, a selected rate) is compared with its method's own row too: what the variant changes
+    default = {m: _base(m) for m in names if _base(m) != m and _base(m) in names}
     rows = []
-    for method in sorted({m for m, _ in by_seed}, key=method_order):
+    for method in names:
         row = {"method": method}
-        for ref in REFERENCES:
+        for ref in REFERENCES + (("default",) if default else ()):
+            other = default.get(method) if ref == "default" else ref
             for dataset, split, label in splits:
-                d = (None if method == ref else
-                     paired_difference(by_seed.get((method, dataset), []), by_seed.get((ref, dataset), []), split))
+                d = (None if other in (None, method) else
+                     paired_difference(by_seed.get((method, dataset), []), by_seed.get((other, dataset), []), split))
                 row[f"vs {ref}: {_dataset_label(dataset, data)} {label}"] = _difference_cell(d)
         rows.append(row)
     table = _filled(pd.DataFrame(rows))

@@ -280,8 +280,9 @@ def test_difference_tables_give_paired_intervals_and_mark_what_holds(tmp_path):
         better = base | (rng.random(400) < 0.6)  # full: every hit of frozen and many more
         noise = base.copy()
         noise[rng.choice(400, 4, replace=False)] ^= True  # zeta: frozen with 4 expressions flipped
-        for method, hits in (("frozen", base), ("full", better), ("zeta", noise)):
-            record = with_outcomes(make_record(method), {s: hits.tolist() for s in SPLITS["unc"]}, seed)
+        for method, tag, hits in (("frozen", None, base), ("full", None, better), ("zeta", None, noise),
+                                  ("zeta", "form-sequential", better)):  # a variant: compared with zeta too
+            record = with_outcomes(make_record(method, tag=tag), {s: hits.tolist() for s in SPLITS["unc"]}, seed)
             write_json_atomic(runs / f"{record['run_id']}.json", record)
     build_tables(runs=runs, profiles=tmp_path / "none", out=tmp_path / "out")
     text = (tmp_path / "out" / "main.md").read_text()
@@ -295,6 +296,10 @@ def test_difference_tables_give_paired_intervals_and_mark_what_holds(tmp_path):
     assert low < diff < high and low > 0 and full_cell.endswith("* (s=2)")
     assert "*" not in zeta_cell and zeta_cell.endswith("(s=2)")
     assert rows["frozen"][val_vs_frozen] == ""  # a row is not compared with itself
+    val_vs_default = header.index("vs default: synthetic (RefCOCO-style) val")
+    variant = rows["zeta [form-sequential]"][val_vs_default]
+    assert variant.endswith("* (s=2)") and float(variant.split()[0]) > 0  # the variant minus zeta itself
+    assert rows["zeta"][val_vs_default] == rows["full"][val_vs_default] == ""  # rows without a default to compare
     # the same records give the same tables, byte for byte (the bootstrap's generator is fixed)
     build_tables(runs=runs, profiles=tmp_path / "none", out=tmp_path / "out")
     assert (tmp_path / "out" / "main.md").read_text() == text
