@@ -32,19 +32,16 @@ SETTINGS = (
 )
 
 
-def encoder_features(images: int | None = None, cache_dir=None):
+def stand_in(images: int | None = None, cache_dir=None):
     """(make_model(seed): the tiny model with the stand-in encoders and a fusion initialised from `seed`,
-    {split: (vision features, vision mask, text features, text mask, box)} for train and val). `images`: the size of
-    the synthetic set (None: the generator's default); `cache_dir`: where that set and the encoders are cached."""
+    split(name): that split of synthetic unc with the eval transform). `images`: the size of the synthetic set (None:
+    the generator's default); `cache_dir`: where that set and the encoders are cached."""
     from datasets.catalog import get_spec
     from datasets.rec import RECDataset
     from datasets.tokenize import build_tokenizer
-    from datasets.transforms import model_inputs
     from harness.model import build_model, get_config
     from harness.model.weights import load_language_weights, load_vision_weights
-    from harness.recipe import build_recipe
     from harness.run import RunConfig, resolve_data, vocab_size_for, with_stand_in_encoders
-    from harness.engine import build_loader
 
     cfg = RunConfig(method="frozen", dataset="unc", stand_in_encoders=True, synthetic_images=images,
                     cache_dir=str(cache_dir) if cache_dir else None)
@@ -60,18 +57,32 @@ def encoder_features(images: int | None = None, cache_dir=None):
         load_language_weights(model, cfg.language_weights)
         return model
 
+    def split(name: str):
+        return RECDataset(paths, "unc", name, tokenizer, get_config("tiny").image_size, train=False,
+                          max_query_len=spec.max_query_len)
+
+    return make_model, split
+
+
+def encoder_features(images: int | None = None, cache_dir=None):
+    """(make_model(seed) as `stand_in`, {split: (vision features, vision mask, text features, text mask, box)} for
+    train and val)."""
+    from datasets.transforms import model_inputs
+    from harness.engine import build_loader
+    from harness.recipe import build_recipe
+
+    make_model, split = stand_in(images, cache_dir)
     model = make_model(0).eval()
     features = {}
-    for split in ("train", "val"):
-        data = RECDataset(paths, "unc", split, tokenizer, get_config("tiny").image_size, train=False,
-                          max_query_len=spec.max_query_len)
+    for name in ("train", "val"):
+        data = split(name)
         parts = []
         with torch.no_grad():
             for batch in build_loader(data, 64, False, build_recipe("tiny", "unc"), 0, 1):
                 batch = model_inputs(batch, torch.device("cpu"))
                 vis, txt = model.encode(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"])
                 parts.append((vis.features, vis.mask, txt.features, txt.mask, batch["box"]))
-        features[split] = [torch.cat(p) for p in zip(*parts)]
+        features[name] = [torch.cat(p) for p in zip(*parts)]
     return make_model, features
 
 
