@@ -254,7 +254,7 @@ def _cmd_run(args):
                     language_weights=args.language_weights, init_checkpoint=args.init_checkpoint,
                     method_overrides=method, recipe_overrides=recipe, set_overrides=sets, device=args.device,
                     output=args.output, work_dir=args.work_dir, tag=tag, restart=args.restart,
-                    skip_done=args.skip_done, synthetic_images=args.synthetic_images,
+                    skip_done=args.skip_done, reuse=args.reuse, synthetic_images=args.synthetic_images,
                     stand_in_encoders=not args.random_init, trust_pickles=args.trust_pickles)
     record = run(cfg)
     for split, res in record["results"].items():
@@ -301,6 +301,9 @@ def _add_run(sub) -> None:
     run.add_argument("--skip-done", action="store_true",
                      help="do nothing if the run's record exists, is ok and has the same configuration; "
                           "a checkpoint of another configuration is then deleted (saying so), not refused")
+    run.add_argument("--reuse", default=None, metavar="DIR",
+                     help="a folder of run records (e.g. results/runs): if one finished with exactly this "
+                          "configuration, copy it as this run's record (naming it in reused_from) instead of training")
     run.set_defaults(func=_cmd_run)
 
 

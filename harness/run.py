@@ -67,6 +67,7 @@ class RunConfig:
     tag: str | None = None
     restart: bool = False  # discard the run's checkpoints (saying so) instead of resuming from them
     skip_done: bool = False  # return the existing record if it is ok and has this configuration
+    reuse: str | None = None  # a folder of run records: one of this exact configuration is copied, not retrained
     cache_dir: str | None = None
     synthetic_images: int | None = None  # size of the synthetic set (None: the generator's default)
     # With no weights given, the tiny preset on synthetic data starts from the stand-in pretrained encoders
@@ -205,6 +206,10 @@ def run(cfg: RunConfig) -> dict:
         if rank == 0:
             print(f"{cfg.run_id}: up to date ({done}), skipped")
         return previous
+    if cfg.reuse:
+        reused = _reused_record(cfg, chash, done, rank)
+        if reused:
+            return reused
 
     with RunLock(run_dir, rank):  # held until the record is written
         image_size = get_config(cfg.preset).image_size  # the data is checked before the model is built
@@ -311,6 +316,26 @@ def run(cfg: RunConfig) -> dict:
             path = records.write_json_atomic(Path(cfg.output) / f"{cfg.run_id}.json", record)
             print(f"record written to {path}")
         return record
+
+
+def _reused_record(cfg: RunConfig, chash: str, done: Path, rank: int) -> dict | None:
+    """A finished record of this exact configuration (the same config hash: method, recipe with seed, data,
+    weights) from the folder `cfg.reuse`, written as this run's record: the sweep's grid point at a method's
+    published rate is the default suite's run, and training it again would only repeat it. The copy keeps what the
+    original measured and where (env, time, created_at) and names it in `reused_from`; only the run id and the
+    overrides that asked for it are this run's."""
+    if not Path(cfg.reuse).is_dir():
+        raise HarnessError(f"--reuse {cfg.reuse}: no such folder of run records (drop --reuse to train the run)")
+    for path in sorted(Path(cfg.reuse).glob("*.json")):
+        source = records.up_to_date(path, chash)
+        if source and source["kind"] == "run" and path.resolve() != done.resolve():
+            record = {**source, "run_id": cfg.run_id, "overrides": cfg.set_overrides,
+                      "reused_from": records.portable(path)}
+            if rank == 0:
+                records.write_json_atomic(done, record)
+                print(f"{cfg.run_id}: the same configuration as {path} (--reuse): its record copied to {done}")
+            return record
+    return None
 
 
 def RunLock(run_dir: Path, rank: int = 0) -> FolderLock:

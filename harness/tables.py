@@ -152,6 +152,7 @@ def provenance(title: str, records: list[dict], rules: list[str], command: str, 
     commits = {f"{(r['env'].get('git') or {}).get('commit') or 'unknown'}"[:12]
                + (" (dirty)" if (r["env"].get("git") or {}).get("dirty") else "") for r in records}
     runs = [r for r in records if r["kind"] == "run"]  # profile records run random weights by design
+    reused = [r["reused_from"] for r in runs if r.get("reused_from")]
     lines = [f"# {title}", ""]
     if any(r["data"] == "synthetic" for r in records):
         lines += [f"> **SYNTHETIC DATA.** {what_data}", ""]
@@ -163,6 +164,8 @@ def provenance(title: str, records: list[dict], rules: list[str], command: str, 
         *([f"- encoders: {distinct(describe_weights(r.get('weights') or {}) for r in runs)}"] if runs else []),
         f"- commit(s): {', '.join(sorted(commits)) or 'none'}",
         f"- newest record: {max((r['created_at'] for r in records), default='none')} ({len(records)} records)",
+        *([f"- reused: {len(reused)} of these records are copies of runs of the same configuration (`--reuse`): "
+           + ", ".join(sorted(reused))] if reused else []),
         *[f"- counting: {rule}" for rule in rules],
         f"- regenerate: `{command}`",
         "",

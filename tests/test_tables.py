@@ -5,7 +5,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.records import SCHEMA_VERSION, validate_record, write_json_atomic
-from harness.tables import build_tables, efficiency_tables, main_tables, read_folder, schedule_table
+from harness.tables import build_tables, efficiency_tables, main_tables, provenance, read_folder, schedule_table
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PARAMS = {  # method -> (encoder-side trainable, all trainable, total)
@@ -105,6 +105,14 @@ def test_main_table(folders):
     assert f"harness table --runs {runs} --profiles {profiles} --out {out}" in text
     assert "unc_adapter_tiny (failed)" in text
     assert "| synthetic (RefCOCO-style) val |" in text.replace("   ", " ").replace("  ", " ")
+
+
+def test_provenance_names_the_records_copied_by_reuse():
+    own = make_record("full")
+    copy = {**make_record("frozen"), "reused_from": "results/runs/unc_frozen_tiny.json"}
+    text = provenance("t", [own, copy], [], "harness table", "toy")
+    assert "- reused: 1 of these records are copies" in text and "results/runs/unc_frozen_tiny.json" in text
+    assert "reused" not in provenance("t", [own], [], "harness table", "toy")
 
 
 def test_real_data_keeps_plain_labels(tmp_path):

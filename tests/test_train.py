@@ -87,6 +87,26 @@ def test_resume_refuses_another_configuration(cache, tmp_path):
     assert redone["status"] == "ok" and redone["recipe"]["batch_size"] == 4 and redone["train"]["step"] == 1
 
 
+def test_reuse_copies_a_record_of_the_same_configuration_and_trains_another(cache, tmp_path):
+    recipe = {"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0}
+    published = run(config(cache, tmp_path / "default", recipe_overrides=recipe))
+    # the sweep's grid point at the published rate: another run id and --set override, the same computation
+    grid = config(cache, tmp_path / "sweep", recipe_overrides={**recipe, "lr_encoder": 1e-5}, tag="lr_encoder=1e-05",
+                  set_overrides={"method": {}, "recipe": {"lr_encoder": 1e-5}}, reuse=str(tmp_path / "default" / "records"))
+    copied = run(grid)
+    on_disk = read_record(tmp_path / "sweep" / "records" / "unc_full_tiny_lr_encoder=1e-05.json")
+    assert on_disk == json.loads(json.dumps(copied))
+    assert copied["reused_from"].endswith("/unc_full_tiny.json")  # portable: no machine paths
+    assert copied["run_id"] == "unc_full_tiny_lr_encoder=1e-05" and copied["overrides"]["recipe"] == {"lr_encoder": 1e-5}
+    assert copied["results"] == published["results"] and copied["env"] == published["env"]
+    assert not (tmp_path / "sweep" / "work").exists()  # nothing trained
+    other = run(replace(grid, recipe_overrides={**recipe, "lr_encoder": 1e-4}, tag="lr_encoder=1e-04",
+                        set_overrides={"method": {}, "recipe": {"lr_encoder": 1e-4}}))
+    assert "reused_from" not in other and other["config_hash"] != published["config_hash"]
+    with pytest.raises(HarnessError, match="--reuse .*no such folder"):
+        run(replace(grid, reuse=str(tmp_path / "missing")))
+
+
 def test_restart_deletes_the_checkpoints_saying_so(cache, tmp_path, capsys):
     cfg = config(cache, tmp_path, recipe_overrides={"epochs": 1, "max_steps": 1, "batch_size": 8, "num_workers": 0})
     run(cfg)
