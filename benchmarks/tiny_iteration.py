@@ -3,13 +3,18 @@ the training iteration (the loader's next batch + the training step, what `harne
 each method on synthetic unc from the stand-in encoders, one torch thread as a suite job has.
 
     python benchmarks/tiny_iteration.py [--methods frozen,m2ist,full] [--out results/benchmarks/tiny_iteration.json]
+    python benchmarks/tiny_iteration.py --lever compile --out results/benchmarks/tiny_compile.json
 
-before = the backbone in the default memory format and every image decoded per sample (the pipeline up to
-b89521c); after = channels-last convolutions (`prepare_runtime`) and the synthetic set kept decoded
-(`RECDataset(cache_images=True)`, as `run.run` builds it on CPU). The two alternate in windows of `--window`
+--lever layout (the default): before = the backbone in the default memory format and every image decoded per sample
+(the pipeline up to b89521c); after = channels-last convolutions (`prepare_runtime`) and the synthetic set kept
+decoded (`RECDataset(cache_images=True)`, as `run.run` builds it on CPU). The two alternate in windows of `--window`
 iterations on one model, one optimizer and the same data, so that load from anything else on the machine falls on
 both alike; the figure is the median iteration of each. The cached set is filled before timing, as from a run's
 second epoch on.
+
+--lever compile: before = the model as a run trains it today (both levers above on); after = the same model through
+`torch.compile` (inductor's CPU backend, forward and backward), the issue-28 lever "torch.compile on CPU". The first
+compiled iteration (the compilation) is timed apart, as `compile_s`.
 """
 from __future__ import annotations
 
@@ -60,41 +65,57 @@ def setup(method: str):
     return model, build_optimizer(meth, model, recipe), loader
 
 
-def measure(method: str, window: int, rounds: int) -> dict:
+def measure(method: str, lever: str, window: int, rounds: int) -> dict:
     from datasets.transforms import model_inputs
     from harness.losses import rec_loss
 
     model, optimizer, loader = setup(method)
     vision = model.visumodel
-
-    def variant(after: bool):
-        vision.channels_last = after
-        vision.backbone.to(memory_format=torch.channels_last if after else torch.contiguous_format)
-        return loader(after)
-
     model.train()
+    extra = {}
+    if lever == "compile":
+        vision.channels_last = True
+        vision.backbone.to(memory_format=torch.channels_last)
+        models = {False: model, True: torch.compile(model)}
+
+        def variant(after: bool):
+            return models[after], loader(True)
+    else:
+        def variant(after: bool):
+            vision.channels_last = after
+            vision.backbone.to(memory_format=torch.channels_last if after else torch.contiguous_format)
+            return model, loader(after)
+
+    def step(net, batches) -> None:
+        batch = model_inputs(next(batches), torch.device("cpu"))
+        loss = rec_loss(net(batch["image"], batch["image_mask"], batch["word_ids"], batch["word_mask"]).float(),
+                        batch["box"])["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    if lever == "compile":
+        t0 = time.perf_counter()
+        step(*variant(True))
+        extra["compile_s"] = time.perf_counter() - t0
     times = {"before": [], "after": []}
     for _ in range(rounds):
         for name in times:
-            batches = variant(name == "after")
+            net, batches = variant(name == "after")
             for i in range(window + 1):  # the first after a switch primes oneDNN for the layout: untimed
                 t0 = time.perf_counter()
-                batch = model_inputs(next(batches), torch.device("cpu"))
-                loss = rec_loss(model(batch["image"], batch["image_mask"], batch["word_ids"],
-                                      batch["word_mask"]).float(), batch["box"])["loss"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                step(net, batches)
                 if i:
                     times[name].append(time.perf_counter() - t0)
     before, after = (statistics.median(times[k]) for k in ("before", "after"))
     return {"before_iteration_s": before, "after_iteration_s": after, "speedup": before / after,
-            "iterations_each": len(times["after"])}
+            "iterations_each": len(times["after"]), **extra}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="frozen,adapter,lora,m2ist,vlpet,unipt,full")
+    parser.add_argument("--lever", choices=("layout", "compile"), default="layout")
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", default="results/benchmarks/tiny_iteration.json")
@@ -102,13 +123,14 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {}
     for method in args.methods.split(","):
-        results[method] = measure(method, args.window, args.rounds)
+        results[method] = measure(method, args.lever, args.window, args.rounds)
         r = results[method]
         print(f"{method}: {1000 * r['before_iteration_s']:.0f} -> {1000 * r['after_iteration_s']:.0f} ms per "
               f"iteration ({r['speedup']:.2f}x)", flush=True)
+    what = __doc__.split("\n\n")[3 if args.lever == "compile" else 2]
     write_json_atomic(Path(args.out), {
-        "kind": "benchmark", "created_at": now(), "methods": results, "batch_size": 32, "torch_threads": 1,
-        "env": environment(torch.device("cpu")), "what": __doc__.split("\n\n", 2)[2].replace("\n", " ").strip()})
+        "kind": "benchmark", "created_at": now(), "lever": args.lever, "methods": results, "batch_size": 32,
+        "torch_threads": 1, "env": environment(torch.device("cpu")), "what": what.replace("\n", " ").strip()})
 
 
 if __name__ == "__main__":
