@@ -14,7 +14,8 @@ second epoch on.
 
 --lever compile: before = the model as a run trains it today (both levers above on); after = the same model through
 `torch.compile` (inductor's CPU backend, forward and backward), the issue-28 lever "torch.compile on CPU". The first
-compiled iteration (the compilation) is timed apart, as `compile_s`.
+compiled iteration (the compilation) is timed apart, as `compile_s`; a method whose model inductor cannot compile
+gets `compile_error` instead.
 """
 from __future__ import annotations
 
@@ -123,8 +124,13 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {}
     for method in args.methods.split(","):
-        results[method] = measure(method, args.lever, args.window, args.rounds)
-        r = results[method]
+        try:
+            results[method] = r = measure(method, args.lever, args.window, args.rounds)
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # a method whose model inductor cannot compile
+            cause = e.inner_exception
+            results[method] = {"compile_error": f"{type(cause).__name__}: {' '.join(str(cause).split())[:200]}"}
+            print(f"{method}: torch.compile failed: {results[method]['compile_error']}", flush=True)
+            continue
         print(f"{method}: {1000 * r['before_iteration_s']:.0f} -> {1000 * r['after_iteration_s']:.0f} ms per "
               f"iteration ({r['speedup']:.2f}x)", flush=True)
     what = __doc__.split("\n\n")[3 if args.lever == "compile" else 2]
