@@ -3,7 +3,7 @@ the training iteration (the loader's next batch + the training step, what `harne
 each method on synthetic unc from the stand-in encoders, one torch thread as a suite job has.
 
     python benchmarks/tiny_iteration.py [--methods frozen,m2ist,full] [--out results/benchmarks/tiny_iteration.json]
-    python benchmarks/tiny_iteration.py --lever compile --out results/benchmarks/tiny_compile.json
+    python benchmarks/tiny_iteration.py --lever compile   # -> results/benchmarks/tiny_compile.json
 
 --lever layout (the default): before = the backbone in the default memory format and every image decoded per sample
 (the pipeline up to b89521c); after = channels-last convolutions (`prepare_runtime`) and the synthetic set kept
@@ -119,8 +119,10 @@ def main() -> None:
     parser.add_argument("--lever", choices=("layout", "compile"), default="layout")
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--out", default="results/benchmarks/tiny_iteration.json")
+    parser.add_argument("--out", help="default: results/benchmarks/tiny_iteration.json (layout) or "
+                        "tiny_compile.json (compile)")
     args = parser.parse_args()
+    out = Path(args.out or f"results/benchmarks/tiny_{'compile' if args.lever == 'compile' else 'iteration'}.json")
     torch.set_num_threads(1)
     results = {}
     for method in args.methods.split(","):
@@ -134,7 +136,7 @@ def main() -> None:
         print(f"{method}: {1000 * r['before_iteration_s']:.0f} -> {1000 * r['after_iteration_s']:.0f} ms per "
               f"iteration ({r['speedup']:.2f}x)", flush=True)
     what = __doc__.split("\n\n")[3 if args.lever == "compile" else 2]
-    write_json_atomic(Path(args.out), {
+    write_json_atomic(out, {
         "kind": "benchmark", "created_at": now(), "lever": args.lever, "methods": results, "batch_size": 32,
         "torch_threads": 1, "env": environment(torch.device("cpu")), "what": what.replace("\n", " ").strip()})
 
