@@ -241,14 +241,22 @@ DIFFERENCE_RULE = (
     "difference tables: Acc@0.5 points of the row minus the reference row (frozen: the floor every PETL method must "
     "beat; full: fine-tuning), on the same eval expressions and the seeds both rows have; [low, high] = 95% paired "
     "bootstrap interval over expressions (harness/stats.py); * = the interval excludes 0, the difference holds; vs "
-    "default (where a table has variant rows, `method [tag]`): the variant minus its method's own row. Seed spread "
-    "is the main table's +- std.")
+    "default (where a table has variant rows, `method [tag]`): the variant minus its method's own row; a row "
+    "'(selected on val)' is compared with frozen's and full's rows selected on val. Seed spread is the main table's "
+    "+- std.")
 
 
 def _difference_cell(d) -> str:
     if d is None:
         return ""
     return f"{d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]{' *' if holds(d) else ''} (s={d['seeds']})"
+
+
+def _reference(ref: str, method: str, names) -> str:
+    """The row `method` is compared with as `ref`: a row selected on val meets the reference's row selected on val
+    (each at the rate the same rule chose), every other row the reference's published row."""
+    selected = ref + SELECTED_SUFFIX
+    return selected if method.endswith(SELECTED_SUFFIX) and selected in names else ref
 
 
 def difference_table(group: list[dict]) -> pd.DataFrame | None:
@@ -264,7 +272,7 @@ def difference_table(group: list[dict]) -> pd.DataFrame | None:
     for method in names:
         row = {"method": method}
         for ref in REFERENCES + (("default",) if default else ()):
-            other = default.get(method) if ref == "default" else ref
+            other = default.get(method) if ref == "default" else _reference(ref, method, names)
             for dataset, split, label in splits:
                 d = (None if other in (None, method) else
                      paired_difference(by_seed.get((method, dataset), []), by_seed.get((other, dataset), []), split))

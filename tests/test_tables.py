@@ -313,6 +313,25 @@ def test_difference_tables_give_paired_intervals_and_mark_what_holds(tmp_path):
     assert (tmp_path / "out" / "main.md").read_text() == text
 
 
+def test_rows_selected_on_val_are_compared_with_the_references_selected_on_val():
+    """A method at its selected rate meets full fine-tuning at full's selected rate, not at its published one: the
+    same rule gave both their rates."""
+    from harness.tables import SELECTED_SUFFIX, difference_table
+
+    published, selected, tuned = [True] * 60 + [False] * 40, [True] * 90 + [False] * 10, [True] * 80 + [False] * 20
+    group = []
+    for method, row, hits in (("frozen", "frozen", published), ("full", "full", published),
+                              ("full", "full" + SELECTED_SUFFIX, selected), ("zeta", "zeta", published),
+                              ("zeta", "zeta" + SELECTED_SUFFIX, tuned)):
+        group.append({**with_outcomes(make_record(method), {s: hits for s in SPLITS["unc"]}, 13), "row": row})
+    table = difference_table(group).set_index("method")
+    vs_full = "vs full: synthetic (RefCOCO-style) val"
+    assert table.loc["zeta" + SELECTED_SUFFIX, vs_full].startswith("-10.0 ")  # 80 against full's selected 90
+    assert table.loc["zeta", vs_full].startswith("+0.0 ")  # the published rows meet each other
+    assert table.loc["full" + SELECTED_SUFFIX, vs_full] == ""  # not compared with itself
+    assert table.loc["full" + SELECTED_SUFFIX, "vs default: synthetic (RefCOCO-style) val"].startswith("+30.0 ")
+
+
 def test_outcomes_that_contradict_the_accuracy_are_refused():
     record = with_outcomes(make_record("full"), {"val": [True, False, True]}, 13)
     record["results"]["val"]["accuracy"] = 1.0
