@@ -285,3 +285,19 @@ def test_the_packaged_manifest_names_every_file_it_uses():
     assert manifest["files"]["detr_r50"]["sha256_prefix"] == "e632da11"
     for dataset in ("unc", "unc+", "gref", "gref_umd"):
         assert "refer" in manifest["datasets"][dataset]
+
+
+def test_an_archive_member_that_leaves_its_folder_is_refused_in_one_line(tmp_path):
+    """On every Python: with tarfile's "data" filter where it exists, by the check in harness.fetch where it does not."""
+    from datasets.errors import DataError
+    from harness.fetch import extract
+
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as t:
+        data = b"x"
+        info = tarfile.TarInfo("../evil.txt")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match="not a readable archive"):
+        extract(archive, tmp_path / "into", "evil.txt", log=lambda *a: None)
+    assert not (tmp_path / "evil.txt").exists()
